@@ -1,0 +1,45 @@
+"""What the judge stage needs from an inference engine, whatever runs behind it.
+
+`VllmEngine` (stages/vllm_engine.py) is the production implementation; tests script one and the
+benchmarks simulate one with the same interface.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    request_id: str
+    prompt: str  # the full ChatML string, media placeholders included
+    multi_modal_data: dict[str, Any] = field(default_factory=dict)  # "image"/"audio"/"video" -> decoded array
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: str | None
+
+
+class RequestRejected(ValueError):
+    """The engine refused one request before generating (e.g. prompt longer than max_model_len).
+
+    Only that request's row fails; the engine goes on.
+    """
+
+
+class EngineDead(RuntimeError):
+    """The engine itself failed; every in-flight request is lost and the replica must not go on."""
+
+
+class Engine(Protocol):
+    def submit(self, request: JudgeRequest) -> "Future[Completion]":
+        """Queue one request; the future resolves with its completion or raises RequestRejected/EngineDead."""
+        ...
+
+    def shutdown(self) -> None: ...
