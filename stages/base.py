@@ -12,6 +12,7 @@ import pyarrow as pa
 
 ERROR_STAGE = "error_stage"
 ERROR = "error"
+DROP_REASON = "drop_reason"
 ERROR_COLUMNS: dict[str, pa.DataType] = {ERROR_STAGE: pa.string(), ERROR: pa.string()}
 
 
@@ -57,40 +58,46 @@ def with_columns(table: pa.Table, values: dict[str, list[Any]], types: dict[str,
     return table
 
 
-def error_mask(table: pa.Table) -> list[bool]:
-    """True for rows an earlier stage already routed to errors/."""
-    if ERROR_STAGE not in table.column_names:
-        return [False] * table.num_rows
-    return [value is not None for value in table.column(ERROR_STAGE).to_pylist()]
+def column_or_nulls(table: pa.Table, column: str) -> list[Any]:
+    if column in table.column_names:
+        return table.column(column).to_pylist()
+    return [None] * table.num_rows
+
+
+def settled_mask(table: pa.Table) -> list[bool]:
+    """True for rows already routed to errors/ or dropped/ by an earlier stage; later stages skip them."""
+    errors = column_or_nulls(table, ERROR_STAGE)
+    drops = column_or_nulls(table, DROP_REASON)
+    return [e is not None or d is not None for e, d in zip(errors, drops)]
 
 
 class RowStage(Stage):
     """A stage whose work is per row: `process_row` returns the values of `adds` for one row.
 
     An exception from `process_row` routes that row to errors/ with this stage's name and the
-    exception's type and message; the rest of the batch goes on.
+    exception's type and message; the rest of the batch goes on. Settled rows are not processed.
     """
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
     def process(self, table: pa.Table) -> pa.Table:
-        failed = error_mask(table)
-        error_stage = table.column(ERROR_STAGE).to_pylist() if ERROR_STAGE in table.column_names else failed[:]
-        error_text = table.column(ERROR).to_pylist() if ERROR in table.column_names else [None] * table.num_rows
-        if ERROR_STAGE not in table.column_names:
-            error_stage = [None] * table.num_rows
-        needed = [c for c in self.needs if c in table.column_names]
-        rows = table.select(needed).to_pylist()
-        out: dict[str, list[Any]] = {column: [] for column in self.adds}
+        settled = settled_mask(table)
+        error_stage = column_or_nulls(table, ERROR_STAGE)
+        error_text = column_or_nulls(table, ERROR)
+        present = [c for c in self.needs if c in table.column_names]
+        rows = table.select(present).to_pylist() if present else [{} for _ in range(table.num_rows)]
+        # Settled rows keep whatever they already hold in these columns (e.g. an earlier drop_reason).
+        out: dict[str, list[Any]] = {column: column_or_nulls(table, column) for column in self.adds}
         for i, row in enumerate(rows):
-            produced: dict[str, Any] = {}
-            if not failed[i]:
-                try:
-                    produced = self.process_row(row)
-                except Exception as exc:  # a bad row is data: record it and go on
-                    error_stage[i], error_text[i] = self.name, describe_exception(exc)
+            if settled[i]:
+                continue
+            try:
+                produced = self.process_row(row)
+            except Exception as exc:  # a bad row is data: record it and go on
+                error_stage[i], error_text[i] = self.name, describe_exception(exc)
+                produced = {}
             for column in self.adds:
-                out[column].append(produced.get(column))
+                out[column][i] = produced.get(column)
         out[ERROR_STAGE], out[ERROR] = error_stage, error_text
         return with_columns(table, out, {**self.adds, **ERROR_COLUMNS})
