@@ -1,0 +1,225 @@
+"""Route each judged row to its output and write the batch's files; return the batch's tallies.
+
+Every row lands in exactly one of kept/, dropped/ or errors/ (the accounting invariant);
+pairwise kept rows also become DPO rows in preferences/, and every raw verdict goes to judgments/.
+Files appear atomically: each is written under a dot-name that readers ignore, then renamed.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from pipelines.config import Mode
+from stages.base import DROP_REASON, ERROR, ERROR_STAGE, Stage, column_or_nulls
+from stages.normalize import MEDIA_COLUMNS, MEDIA_TYPE
+from stages.prompts import trl_user_message
+
+OUTCOMES = ("kept", "dropped", "errors")
+# The judgment struct of stages/judge.py, flattened into columns of judgments/.
+JUDGMENT_FIELDS = [
+    pa.field("order", pa.string()),
+    pa.field("sample", pa.int32()),
+    pa.field("attempt", pa.int32()),
+    pa.field("seed", pa.int64()),
+    pa.field("text", pa.string()),
+    pa.field("scores", pa.list_(pa.float64())),
+    pa.field("original_scores", pa.list_(pa.float64())),
+    pa.field("prompt_tokens", pa.int32()),
+    pa.field("output_tokens", pa.int32()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("parsed", pa.bool_()),
+]
+JUDGMENTS = "judgments"
+STATS_TYPE = pa.string()
+
+_CONTENT = pa.list_(pa.struct([("type", pa.string()), ("text", pa.string())]))
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", _CONTENT)]))
+PREFERENCE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", MESSAGES_TYPE),
+        ("chosen", MESSAGES_TYPE),
+        ("rejected", MESSAGES_TYPE),
+        ("images", pa.list_(MEDIA_TYPE)),
+        ("audios", pa.list_(MEDIA_TYPE)),
+        ("videos", pa.list_(MEDIA_TYPE)),
+        ("score_chosen", pa.float64()),
+        ("score_rejected", pa.float64()),
+        ("margin", pa.float64()),
+        ("judge_model", pa.string()),
+    ]
+)
+
+
+def outcome_of(error_stage: str | None, drop_reason: str | None) -> str:
+    if error_stage is not None:
+        return "errors"
+    return "dropped" if drop_reason is not None else "kept"
+
+
+def error_reason(error: str | None) -> str:
+    """`MediaError: [image_undecodable] ...` -> image_undecodable; otherwise the exception type."""
+    if not error:
+        return "unknown"
+    kind, _, message = error.partition(": ")
+    if message.startswith("[") and "]" in message:
+        return message[1 : message.index("]")]
+    return kind
+
+
+def _assistant(text: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def preference_rows(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for row in kept:
+        media = [m for m in MEDIA_COLUMNS if row.get(m) is not None]
+        rows.append(
+            {
+                "id": row["id"],
+                "prompt": [trl_user_message(row["question"], media)],
+                "chosen": _assistant(row["chosen"]),
+                "rejected": _assistant(row["rejected"]),
+                "images": [row["image"]] if row.get("image") else [],
+                "audios": [row["audio"]] if row.get("audio") else [],
+                "videos": [row["video"]] if row.get("video") else [],
+                "score_chosen": row["score_chosen"],
+                "score_rejected": row["score_rejected"],
+                "margin": row["margin"],
+                "judge_model": row["judge_model"],
+            }
+        )
+    return rows
+
+
+class WriteStage(Stage):
+    name = "write"
+    num_cpus = 0.5
+
+    def __init__(self, output_path: str, mode: Mode, batch_size: int = 256) -> None:
+        self.output_path = output_path.rstrip("/")
+        self.mode = mode
+        self.batch_size = batch_size
+        self.adds = {"stats": STATS_TYPE}
+
+    def setup(self) -> None:
+        self._fs, self._root = pafs.FileSystem.from_uri(self.output_path)
+
+    def process(self, table: pa.Table) -> pa.Table:
+        if not hasattr(self, "_fs"):
+            self.setup()
+        errors, drops = column_or_nulls(table, ERROR_STAGE), column_or_nulls(table, DROP_REASON)
+        outcome = [outcome_of(e, d) for e, d in zip(errors, drops)]
+        visible = [c for c in table.column_names if not c.startswith("_") and c != JUDGMENTS]
+        file_name = f"part-{uuid.uuid4().hex}.parquet"
+        for name in OUTCOMES:
+            indices = [i for i, o in enumerate(outcome) if o == name]
+            columns = [c for c in visible if not self._hidden_in(name, c)]
+            part = table.select(columns).take(pa.array(indices, pa.int64()))
+            self._write(name, file_name, part)
+            if name == "kept" and self.mode == "pairwise":
+                rows = preference_rows(part.to_pylist())
+                self._write("preferences", file_name, pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA))
+        if JUDGMENTS in table.column_names:
+            self._write("judgments", file_name, judgment_table(table))
+        return pa.table({"stats": [json.dumps(batch_stats(table, outcome))]})
+
+    @staticmethod
+    def _hidden_in(outcome: str, column: str) -> bool:
+        if outcome == "kept":
+            return column in (ERROR_STAGE, ERROR, DROP_REASON)
+        if outcome == "dropped":
+            return column in (ERROR_STAGE, ERROR)
+        return column == DROP_REASON
+
+    def _write(self, subdir: str, file_name: str, part: pa.Table) -> None:
+        if part.num_rows == 0:
+            return
+        directory = f"{self._root}/{subdir}"
+        self._fs.create_dir(directory, recursive=True)
+        temporary = f"{directory}/.{file_name}.inprogress"
+        with self._fs.open_output_stream(temporary) as sink:
+            pq.write_table(part, sink, compression="zstd")
+        self._fs.move(temporary, f"{directory}/{file_name}")
+
+
+def judgment_table(table: pa.Table) -> pa.Table:
+    """One row per raw verdict, keyed by the candidate's id."""
+    judgments = table.column(JUDGMENTS).combine_chunks()
+    ids = table.column("id").combine_chunks()
+    lengths = judgments.value_lengths().fill_null(0)
+    repeated = ids.take(pa.array([i for i, n in enumerate(lengths.to_pylist()) for _ in range(n)], pa.int64()))
+    flat = judgments.flatten()
+    return pa.Table.from_arrays([repeated, *flat.flatten()], names=["id", *[f.name for f in flat.type]])
+
+
+def _histogram(values: list[float | None], width: float) -> dict[str, int]:
+    counts = Counter(f"{(v // width) * width:g}" for v in values if v is not None)
+    return dict(counts)
+
+
+def batch_stats(table: pa.Table, outcome: list[str]) -> dict[str, Any]:
+    errors = column_or_nulls(table, ERROR_STAGE)
+    error_text = column_or_nulls(table, ERROR)
+    drops = column_or_nulls(table, DROP_REASON)
+    kept = [o == "kept" for o in outcome]
+    stats: dict[str, Any] = {
+        "rows": table.num_rows,
+        "outcomes": dict(Counter(outcome)),
+        "drop_reasons": dict(Counter(d for d in drops if d is not None)),
+        "error_stages": dict(Counter(e for e in errors if e is not None)),
+        "error_reasons": dict(Counter(error_reason(t) for e, t in zip(errors, error_text) if e is not None)),
+    }
+    for column, width in (("score_chosen", 1.0), ("score_rejected", 1.0), ("margin", 1.0), ("score", 0.5)):
+        values = column_or_nulls(table, column)
+        stats[f"hist_{column}"] = _histogram([v for v, k in zip(values, kept) if k], width)
+    if JUDGMENTS in table.column_names:
+        flat = table.column(JUDGMENTS).combine_chunks().flatten()
+        names = flat.type.names if hasattr(flat.type, "names") else [f.name for f in flat.type]
+        for key in ("prompt_tokens", "output_tokens"):
+            if key in names:
+                stats[key] = int(pc.sum(flat.field(key)).as_py() or 0)
+        stats["requests"] = len(flat)
+    return stats
+
+
+def _first_schema(filesystem: pafs.FileSystem, root: str) -> pa.Schema | None:
+    for name in OUTCOMES:
+        selector = pafs.FileSelector(f"{root}/{name}", allow_not_found=True)
+        for info in filesystem.get_file_info(selector):
+            if info.is_file and info.base_name.endswith(".parquet"):
+                return pq.read_schema(info.path, filesystem=filesystem)
+    return None
+
+
+def complete_outputs(filesystem: pafs.FileSystem, root: str, mode: Mode) -> None:
+    """Give every output that received no rows one empty file with its schema.
+
+    A reader (pyarrow, `datasets`) then finds each output of a finished run, even one with no rows.
+    """
+    row_schema = _first_schema(filesystem, root) or pa.schema([("id", pa.string())])
+    base = [f for f in row_schema if f.name not in (ERROR_STAGE, ERROR, DROP_REASON)]
+    schemas = {
+        "kept": pa.schema(base),
+        "dropped": pa.schema([*base, pa.field(DROP_REASON, pa.string())]),
+        "errors": pa.schema([*base, pa.field(ERROR_STAGE, pa.string()), pa.field(ERROR, pa.string())]),
+        "judgments": pa.schema([pa.field("id", pa.string()), *JUDGMENT_FIELDS]),
+    }
+    if mode == "pairwise":
+        schemas["preferences"] = PREFERENCE_SCHEMA
+    for name, schema in schemas.items():
+        directory = f"{root}/{name}"
+        existing = filesystem.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+        if any(info.is_file and not info.base_name.startswith(".") for info in existing):
+            continue
+        filesystem.create_dir(directory, recursive=True)
+        with filesystem.open_output_stream(f"{directory}/part-empty.parquet") as sink:
+            pq.write_table(schema.empty_table(), sink)

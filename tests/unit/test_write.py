@@ -1,0 +1,87 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stages.judge import JUDGMENT_TYPE
+from stages.normalize import MEDIA_TYPE
+from stages.write import PREFERENCE_SCHEMA, WriteStage, error_reason
+
+
+def judged_rows():
+    judgment = {"order": "ab", "sample": 0, "attempt": 0, "seed": 1, "text": "t", "scores": [9.0, 2.0],
+                "original_scores": [9.0, 2.0], "prompt_tokens": 10, "output_tokens": 5, "finish_reason": "stop", "parsed": True}
+    image = {"bytes": b"img", "path": None}
+    common = {"question": "Q", "response_a": "A", "response_b": "B", "image": image, "judge_model": "m",
+              "_image_pixels": b"\x00", "judgments": [judgment, {**judgment, "order": "ba"}]}
+    return [
+        {**common, "id": "k", "error_stage": None, "error": None, "drop_reason": None, "chosen": "A", "rejected": "B",
+         "score_chosen": 9.0, "score_rejected": 2.0, "margin": 7.0},
+        {**common, "id": "d", "error_stage": None, "error": None, "drop_reason": "tie", "chosen": None, "rejected": None,
+         "score_chosen": None, "score_rejected": None, "margin": 0.0},
+        {**common, "id": "e", "error_stage": "decode", "error": "MediaError: [image_undecodable] bad", "drop_reason": None,
+         "chosen": None, "rejected": None, "score_chosen": None, "score_rejected": None, "margin": None, "judgments": None},
+    ]
+
+
+@pytest.fixture
+def written(tmp_path):
+    schema = pa.schema([("image", MEDIA_TYPE), ("judgments", pa.list_(JUDGMENT_TYPE))])
+    rows = judged_rows()
+    table = pa.Table.from_pylist(rows)
+    table = table.set_column(table.schema.get_field_index("image"), "image", pa.array([r["image"] for r in rows], schema.field("image").type))
+    table = table.set_column(table.schema.get_field_index("judgments"), "judgments", pa.array([r["judgments"] for r in rows], schema.field("judgments").type))
+    stage = WriteStage(str(tmp_path), "pairwise")
+    stats = json.loads(stage.process(table).column("stats")[0].as_py())
+    return tmp_path, stats
+
+
+def read(root, name):
+    return pq.read_table(root / name).to_pylist()
+
+
+def test_every_row_lands_in_exactly_one_outcome(written):
+    root, stats = written
+    assert [r["id"] for r in read(root, "kept")] == ["k"]
+    assert [r["id"] for r in read(root, "dropped")] == ["d"]
+    assert [r["id"] for r in read(root, "errors")] == ["e"]
+    assert stats["outcomes"] == {"kept": 1, "dropped": 1, "errors": 1}
+    assert stats["error_reasons"] == {"image_undecodable": 1} and stats["drop_reasons"] == {"tie": 1}
+
+
+def test_outputs_hide_internal_columns_and_keep_reasons(written):
+    root, _ = written
+    kept, dropped, errors = read(root, "kept")[0], read(root, "dropped")[0], read(root, "errors")[0]
+    assert not any(c.startswith("_") for c in kept) and "judgments" not in kept
+    assert "drop_reason" not in kept and "error" not in kept
+    assert dropped["drop_reason"] == "tie" and "error_stage" not in dropped
+    assert errors["error_stage"] == "decode" and errors["image"] == {"bytes": b"img", "path": None}
+
+
+def test_preferences_are_trl_conversational_rows(written):
+    root, _ = written
+    table = pq.read_table(root / "preferences")
+    assert table.schema.equals(PREFERENCE_SCHEMA, check_metadata=False)
+    [row] = table.to_pylist()
+    assert row["prompt"] == [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Q"}]}]
+    assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": "A"}]}]
+    assert row["rejected"][0]["content"][0]["text"] == "B"
+    assert row["images"] == [{"bytes": b"img", "path": None}] and row["margin"] == 7.0
+
+
+def test_judgments_hold_every_raw_verdict_by_id(written):
+    root, stats = written
+    rows = read(root, "judgments")
+    assert sorted((r["id"], r["order"]) for r in rows) == [("d", "ab"), ("d", "ba"), ("k", "ab"), ("k", "ba")]
+    assert stats["requests"] == 4 and stats["output_tokens"] == 20
+
+
+def test_no_partial_files_are_left(written):
+    root, _ = written
+    assert not [p for p in root.rglob("*") if p.name.startswith(".")]
+
+
+def test_error_reason_codes():
+    assert error_reason("MediaError: [audio_silent] peak 0") == "audio_silent"
+    assert error_reason("ValueError: boom") == "ValueError"
