@@ -1,0 +1,140 @@
+"""stages/decode.py: DecodeStage routes bad rows to errors and its helpers rebuild the arrays."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs import synthetic_media as sm
+from pipelines.config import InputConfig, MediaConfig
+from stages import decode, media
+from stages.base import ERROR, ERROR_STAGE
+
+CFG = MediaConfig()
+IMAGE, AUDIO, VIDEO = sm.png(96, 64), sm.wav(1.0, 22_050, 2), sm.mp4(seconds=3, fps=8)
+
+
+def stage(**input_fields) -> decode.DecodeStage:
+    return decode.DecodeStage(CFG, InputConfig(**input_fields))
+
+
+def table(rows: list[dict]) -> pa.Table:
+    schema = pa.schema(
+        [("id", pa.string()), ("image", pa.binary()), ("audio", pa.binary()), ("video", pa.binary()),
+         (ERROR_STAGE, pa.string()), (ERROR, pa.string())]
+    )
+    full = [{"image": None, "audio": None, "video": None, ERROR_STAGE: None, ERROR: None, **row} for row in rows]
+    return pa.Table.from_pylist(full, schema=schema)
+
+
+@pytest.fixture(scope="module")
+def processed() -> pa.Table:
+    rows = [
+        {"id": "good", "image": IMAGE, "audio": AUDIO, "video": VIDEO},
+        {"id": "text_only"},
+        {"id": "bomb", "image": sm.png_bomb(9_000, 9_000), "audio": AUDIO},
+        {"id": "truncated", "image": sm.truncated_png()},
+        {"id": "silent", "audio": sm.wav(1.0, silent=True)},
+        {"id": "not_video", "video": sm.not_an_image()},
+        {"id": "earlier", "image": sm.not_an_image(), ERROR_STAGE: "normalize", ERROR: "KeyError: 'question'"},
+    ]
+    return stage().process(table(rows))
+
+
+def by_id(result: pa.Table) -> dict[str, dict]:
+    return {row["id"]: row for row in result.to_pylist()}
+
+
+def test_stage_contract():
+    s = stage()
+    assert s.name == "decode" and s.needs == ("image", "audio", "video")
+    assert s.num_cpus == 1 and s.num_gpus == 0 and s.batch_size == 16
+    assert decode.DecodeStage(CFG, InputConfig(), batch_size=4).batch_size == 4
+    assert decode.DecodeStage(media=CFG, input=InputConfig()).media == CFG
+    assert pickle.loads(pickle.dumps(s)).media == CFG  # Ray ships stages to workers
+
+
+def test_columns_have_declared_types(processed):
+    for column, kind in decode.DecodeStage.adds.items():
+        assert processed.schema.field(column).type == kind
+    assert processed.num_rows == 7
+
+
+def test_good_row_gets_arrays_equal_to_direct_decode(processed):
+    row = by_id(processed)["good"]
+    assert row[ERROR_STAGE] is None and row[ERROR] is None
+    assert np.array_equal(decode.image_array(row), media.decode_image(IMAGE, CFG))
+    assert np.array_equal(decode.audio_array(row), media.decode_audio(AUDIO, CFG))
+    frames, fps = decode.video_array(row)
+    direct_frames, direct_fps = media.decode_video(VIDEO, CFG)
+    assert np.array_equal(frames, direct_frames) and fps == direct_fps
+    everything = decode.decoded_media(row)
+    assert set(everything) == {"image", "audio", "video", "video_fps"}
+    assert everything["audio"].dtype == np.float32 and everything["image"].shape == tuple(row["_image_shape"])
+
+
+def test_helpers_are_zero_copy_on_arrow_scalars(processed):
+    row = {column: processed.column(column)[0] for column in decode.DecodeStage.adds}
+    image = decode.image_array(row)
+    assert not image.flags.owndata and not image.flags.writeable
+    assert np.array_equal(image, decode.image_array(by_id(processed)["good"]))
+    frames, fps = decode.video_array(row)
+    assert frames.ndim == 4 and isinstance(fps, float)
+
+
+def test_text_only_row_gets_nulls_and_no_error(processed):
+    row = by_id(processed)["text_only"]
+    assert all(row[column] is None for column in decode.DecodeStage.adds)
+    assert row[ERROR_STAGE] is None and decode.decoded_media(row) == {}
+
+
+@pytest.mark.parametrize(
+    "row_id, reason, original",
+    [("bomb", "image_too_large", None), ("truncated", "image_undecodable", "OSError"),
+     ("silent", "audio_silent", None), ("not_video", "video_undecodable", "InvalidDataError")],
+)
+def test_bad_rows_go_to_errors_with_reason(processed, row_id, reason, original):
+    row = by_id(processed)[row_id]
+    assert row[ERROR_STAGE] == "decode"
+    assert row[ERROR].startswith(f"MediaError: [{reason}]")
+    if original:
+        assert original in row[ERROR]
+    assert all(row[column] is None for column in decode.DecodeStage.adds)  # no half-decoded row
+
+
+def test_rows_errored_earlier_pass_untouched(processed):
+    row = by_id(processed)["earlier"]
+    assert (row[ERROR_STAGE], row[ERROR]) == ("normalize", "KeyError: 'question'")
+    assert row["_image_pixels"] is None
+
+
+def test_table_without_media_columns():
+    plain = pa.table({"id": ["a", "b"], "question": ["q1", "q2"]})
+    result = stage().process(plain)
+    assert result.column(ERROR_STAGE).to_pylist() == [None, None]
+    assert result.column("_image_pixels").to_pylist() == [None, None]
+
+
+def test_hf_struct_column_and_paths_under_media_roots(tmp_path):
+    (tmp_path / "img.png").write_bytes(IMAGE)
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = pa.array(
+        [{"bytes": IMAGE, "path": "ignored.png"}, {"bytes": None, "path": "img.png"},
+         {"bytes": None, "path": "../escape.png"}, {"bytes": None, "path": None}],
+        type=struct,
+    )
+    result = stage(media_roots=[str(tmp_path)]).process(pa.table({"id": list("abcd"), "image": images}))
+    rows = result.to_pylist()
+    expected = media.decode_image(IMAGE, CFG)
+    assert np.array_equal(decode.image_array(rows[0]), expected)
+    assert np.array_equal(decode.image_array(rows[1]), expected)
+    assert rows[2][ERROR_STAGE] == "decode" and "[media_path_forbidden] image: " in rows[2][ERROR]
+    assert rows[3][ERROR_STAGE] is None and rows[3]["_image_pixels"] is None
+
+
+def test_paths_are_refused_without_media_roots(tmp_path):
+    (tmp_path / "img.png").write_bytes(IMAGE)
+    result = stage().process(pa.table({"id": ["a"], "image": [str(tmp_path / "img.png")]}))
+    assert "[media_path_forbidden]" in result.column(ERROR)[0].as_py()
