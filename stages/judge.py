@@ -142,6 +142,9 @@ class JudgeStage(Stage):
 
     def _job(self, index: int, row: dict[str, Any]) -> _RowJob:
         media = decoded_media(row)
+        fps = media.pop("video_fps", None)
+        if "video" in media and fps:
+            media["video"] = (media["video"], {"fps": fps})  # the engine's form for sampled frames
         modalities = [m for m in MEDIA_COLUMNS if m in media]
         if self.mode == "pairwise":
             prompts = {
