@@ -6,8 +6,9 @@ cannot be opened or lacks a column fails the run here, naming the shard and the 
 """
 from __future__ import annotations
 
-import glob as globlib
+import fnmatch
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,28 +36,34 @@ def _is_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).absolute())
+
+
+def _visible_parquet(path: str, base: str) -> bool:
+    """Parquet files, skipping hidden and underscore names (_SUCCESS, .part in progress)."""
+    relative = path[len(base):].lstrip("/")
+    return path.endswith(".parquet") and not any(part.startswith((".", "_")) for part in relative.split("/"))
+
+
 def expand(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     """A file, directory or glob (local or any pyarrow filesystem URI) -> sorted Parquet files."""
     if _is_glob(uri):
-        base = uri[: min(uri.index(ch) for ch in "*?[" if ch in uri)].rsplit("/", 1)[0] or "/"
-        filesystem, base_path = pafs.FileSystem.from_uri(base) if "://" in base else (pafs.LocalFileSystem(), base)
-        pattern = uri.split("://", 1)[1] if "://" in uri else uri
-        selector = pafs.FileSelector(base_path, recursive=True, allow_not_found=True)
-        candidates = [info.path for info in filesystem.get_file_info(selector) if info.is_file]
-        matched = [p for p in candidates if globlib.fnmatch.fnmatch(p, pattern.lstrip("/")) or globlib.fnmatch.fnmatch("/" + p.lstrip("/"), pattern)]
-        return filesystem, sorted(matched)
-    filesystem, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+        prefix = uri[: min(uri.index(ch) for ch in "*?[" if ch in uri)]
+        filesystem, base = _filesystem(prefix.rsplit("/", 1)[0] if "/" in prefix else ".")
+        _, pattern = _filesystem(uri)  # the pattern as the filesystem spells its paths (no scheme)
+        listing = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        matched = [i.path for i in listing if i.is_file and fnmatch.fnmatchcase(i.path, pattern)]
+        return filesystem, sorted(p for p in matched if _visible_parquet(p, base))
+    filesystem, path = _filesystem(uri)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise ShardError(f"input {uri} does not exist")
     if info.type == pafs.FileType.Directory:
-        selector = pafs.FileSelector(path, recursive=True)
-        files = [
-            i.path
-            for i in filesystem.get_file_info(selector)
-            if i.is_file and i.path.endswith(".parquet") and not any(part.startswith((".", "_")) for part in i.path[len(path):].split("/"))
-        ]
-        return filesystem, sorted(files)
+        listing = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+        return filesystem, sorted(i.path for i in listing if i.is_file and _visible_parquet(i.path, path))
     return filesystem, [path]
 
 
