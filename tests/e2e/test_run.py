@@ -114,3 +114,22 @@ def test_missing_column_names_shard_and_column(tmp_path, capsys):
 def test_demo_rows_cover_every_modality():
     kinds = {row["kind"] for row in demo_rows(24)}
     assert {"text", "image", "audio", "video", "image+audio", "broken-image", "not-audio"} <= kinds
+
+
+def test_every_modality_reached_the_engine_in_both_orders(finished_run):
+    _, root, output = finished_run
+    kind_of = {r["id"]: r["kind"] for r in pq.read_table(root / "input", columns=["id", "kind"]).to_pylist()}
+    judged = {}
+    for j in pq.read_table(output / "judgments", columns=["id", "order", "parsed"]).to_pylist():
+        judged.setdefault(kind_of[j["id"]], set()).add((j["order"], j["parsed"]))
+    for kind in ("text", "image", "audio", "video", "image+audio"):
+        assert {("ab", True), ("ba", True)} <= judged.get(kind, set()), kind
+
+
+def test_python_dash_m_jobs_is_the_same_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "jobs", "run", "--help"], capture_output=True, text=True, check=True)
+    for option in ("--config", "--input", "--output", "--set", "--overwrite", "--skip-bad-shards"):
+        assert option in done.stdout
