@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from jobs.submit import add_submit_parser, run_submit
 from pipelines.config import ConfigError, RunConfig, load_config
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_REJECTED = 0, 1, 2
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", default=None, help="YAML run config (default: the built-in defaults)")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--schema", action="store_true", help="print the JSON schema with field descriptions")
+    add_submit_parser(commands)
     return parser
 
 
@@ -66,11 +68,13 @@ def _load(args: argparse.Namespace, config_path: str | Path, **extra: Any) -> Ru
 
 
 def _execute(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from jobs.placement import check_current_cluster
     from jobs.runtime import init_ray, resolve_model
     from pipelines.curate import run_curation
 
     resolve_model(cfg)
     init_ray(args.address, args.num_cpus)
+    check_current_cluster(cfg)
     result = run_curation(cfg)
     report = result.report
     print(json.dumps({k: report[k] for k in ("status", "input_rows", "counts", "error_fraction")}))
@@ -87,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             payload = RunConfig.model_json_schema() if args.schema else cfg.model_dump(mode="json")
             print(json.dumps(payload, indent=2) if args.schema else yaml.safe_dump(payload, sort_keys=False))
             return EXIT_OK
+        if args.command == "submit":
+            return run_submit(args)
         if args.command == "demo":
             from jobs.demo import run_demo
 

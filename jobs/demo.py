@@ -109,6 +109,7 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     from jobs.cli import EXIT_OK, EXIT_RUN_FAILED, _load
+    from jobs.placement import check_current_cluster
     from jobs.runtime import init_ray, resolve_model
     from pipelines.curate import run_curation
 
@@ -121,6 +122,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"building (or reusing) the tiny random-weight Flex-Omni-architecture model ...", flush=True)
     resolve_model(cfg)
     init_ray(args.address, args.num_cpus)
+    check_current_cluster(cfg)
     result = run_curation(cfg)
     print()
     print(summary_table(result.report))

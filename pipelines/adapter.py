@@ -3,7 +3,7 @@
 Stateless stages run as tasks. Stages with a `pool_size` run on a fixed-size actor pool (min =
 max: engine start-up is too expensive to autoscale), with `batches_in_flight` batches running
 concurrently per actor so a replica always has the next batch in hand.
-Each batch's time and row counts go to a small named actor that the run report reads.
+Each batch's time and row counts go to a small actor of the run that the run report reads.
 """
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ import ray
 from ray.data import ActorPoolStrategy, Dataset
 
 from stages.base import ERROR_STAGE, Stage
-
-METRICS_ACTOR = "flexcurate-stage-metrics"
-
 
 @ray.remote(num_cpus=0)
 class StageMetrics:
@@ -39,49 +36,39 @@ class StageMetrics:
 
 
 def start_metrics() -> Any:
-    return StageMetrics.options(name=METRICS_ACTOR, get_if_exists=False).remote()
+    return StageMetrics.remote()
 
 
-_metrics_handle: list[Any] = []  # per worker process, looked up once
-
-
-def _report(stage: Stage, rows: int, seconds: float, output: pa.Table) -> None:
-    new_errors = 0
-    if ERROR_STAGE in output.column_names:
-        new_errors = sum(1 for value in output.column(ERROR_STAGE).to_pylist() if value == stage.name)
-    if not _metrics_handle:
-        try:
-            _metrics_handle.append(ray.get_actor(METRICS_ACTOR))
-        except ValueError:
-            return  # no metrics actor: a stage driven outside a pipeline run
-    _metrics_handle[0].record.remote(stage.name, rows, seconds, new_errors)
-
-
-def run_stage_batch(stage: Stage, batch: pa.Table) -> pa.Table:
+def run_stage_batch(stage: Stage, batch: pa.Table, metrics: Any | None) -> pa.Table:
     started = time.perf_counter()
     output = stage.process(batch)
-    _report(stage, batch.num_rows, time.perf_counter() - started, output)
+    if metrics is not None:
+        new_errors = 0
+        if ERROR_STAGE in output.column_names:
+            new_errors = sum(1 for value in output.column(ERROR_STAGE).to_pylist() if value == stage.name)
+        metrics.record.remote(stage.name, batch.num_rows, time.perf_counter() - started, new_errors)
     return output
 
 
-def _run_task(batch: pa.Table, stage: Stage) -> pa.Table:
+def _run_task(batch: pa.Table, stage: Stage, metrics: Any | None) -> pa.Table:
     stage.setup()  # task stages keep setup cheap (imports are cached per worker process)
-    return run_stage_batch(stage, batch)
+    return run_stage_batch(stage, batch, metrics)
 
 
 class _ActorStage:
-    def __init__(self, stage: Stage) -> None:
+    def __init__(self, stage: Stage, metrics: Any | None) -> None:
         self.stage = stage
+        self.metrics = metrics
         stage.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return run_stage_batch(self.stage, batch)
+        return run_stage_batch(self.stage, batch, self.metrics)
 
     def __del__(self) -> None:
         self.stage.close()
 
 
-def apply_stage(dataset: Dataset, stage: Stage) -> Dataset:
+def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None) -> Dataset:
     common: dict[str, Any] = dict(
         batch_size=stage.batch_size,
         batch_format="pyarrow",
@@ -91,7 +78,7 @@ def apply_stage(dataset: Dataset, stage: Stage) -> Dataset:
     if stage.num_gpus:
         common["num_gpus"] = stage.num_gpus
     if stage.pool_size is None:
-        return dataset.map_batches(_run_task, fn_kwargs={"stage": stage}, **common)
+        return dataset.map_batches(_run_task, fn_kwargs={"stage": stage, "metrics": metrics}, **common)
     in_flight = stage.batches_in_flight
     compute = ActorPoolStrategy(
         size=stage.pool_size,
@@ -99,4 +86,4 @@ def apply_stage(dataset: Dataset, stage: Stage) -> Dataset:
         max_concurrent_calls_per_actor=in_flight,
         enable_true_multi_threading=in_flight > 1,
     )
-    return dataset.map_batches(_ActorStage, fn_constructor_args=(stage,), compute=compute, **common)
+    return dataset.map_batches(_ActorStage, fn_constructor_args=(stage, metrics), compute=compute, **common)

@@ -6,30 +6,28 @@ finished run), executes the plan, and writes report.json and then _SUCCESS. The 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
-from pyarrow import fs as pafs
 
-from pipelines.adapter import METRICS_ACTOR, apply_stage, start_metrics
+from pipelines.adapter import apply_stage, start_metrics
 from pipelines.config import RunConfig
 from pipelines.report import build_report, merge_batch_stats, write_report
+from pipelines.duplicates import find_duplicate_ids, settle_duplicates
+from pipelines.run_dir import OutputExists, open_run_directory
 from pipelines.shards import ShardSet, discover
 from stages.base import Stage
 from stages.decode import DecodeStage
 from stages.engine_api import Engine
 from stages.judge import JudgeStage
 from stages.label import LabelStage
-from stages.normalize import NormalizeStage
+from stages.normalize import CANONICAL_TYPES, NormalizeStage
 from stages.write import WriteStage, complete_outputs
 
-SUCCESS_MARKER = "_SUCCESS"
-
-
-class OutputExists(RuntimeError):
-    """The output directory already holds a finished run."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,9 +40,13 @@ class RunResult:
         return self.report["status"] == "succeeded"
 
 
-def build_stages(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = None) -> list[Stage]:
+def build_stages(
+    cfg: RunConfig,
+    engine_factory: Callable[[], Engine] | None = None,
+    skip_ids: frozenset[str] = frozenset(),
+) -> list[Stage]:
     return [
-        NormalizeStage(cfg.mode, cfg.input),
+        NormalizeStage(cfg.mode, cfg.input, skip_ids=skip_ids),
         DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size),
         JudgeStage(cfg.mode, cfg.judge, engine_factory=engine_factory),
         LabelStage(cfg.mode, cfg.filter),
@@ -62,38 +64,33 @@ def check_stage_chain(stages: list[Stage], initial: set[str]) -> None:
         available |= set(stage.adds)
 
 
-def prepare_output(path: str, overwrite: bool) -> tuple[pafs.FileSystem, str]:
-    filesystem, root = pafs.FileSystem.from_uri(path)
-    info = filesystem.get_file_info(root)
-    if info.type != pafs.FileType.NotFound:
-        finished = filesystem.get_file_info(f"{root}/{SUCCESS_MARKER}").type != pafs.FileType.NotFound
-        if finished and not overwrite:
-            raise OutputExists(f"{path} already holds a finished run; pass --overwrite to replace it")
-        filesystem.delete_dir(root)
-    filesystem.create_dir(root, recursive=True)
-    return filesystem, root
-
-
 def run_curation(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = None) -> RunResult:
     started = time.time()
     shards: ShardSet = discover(cfg.input.paths, cfg.mode, cfg.input)
-    stages = build_stages(cfg, engine_factory)
-    check_stage_chain(stages[1:], set(stages[0].adds))
-    filesystem, root = prepare_output(cfg.output.path, cfg.output.overwrite)
+    check_stage_chain(build_stages(cfg, engine_factory)[1:], set(CANONICAL_TYPES))
+    run_dir = open_run_directory(cfg, shards.paths)
+    if run_dir.resumed_batches:
+        log.info("resuming: %d committed batches (%d rows) kept, %d orphan files removed",
+                 run_dir.resumed_batches, len(run_dir.committed_ids), len(run_dir.removed_orphans))
+    duplicates = find_duplicate_ids(shards, cfg.input.column_mapping().get("id", "id"))
+    if duplicates and not set(duplicates) <= run_dir.committed_ids:
+        settle_duplicates(cfg, shards, duplicates)
+    stages = build_stages(cfg, engine_factory, skip_ids=run_dir.committed_ids | frozenset(duplicates))
 
     metrics = start_metrics()
     try:
         dataset = ray.data.read_parquet(shards.paths, filesystem=shards.filesystem)
         for stage in stages:
-            dataset = apply_stage(dataset, stage)
-        totals: dict[str, Any] = {}
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            merge_batch_stats(totals, batch.column("stats").to_pylist())
+            dataset = apply_stage(dataset, stage, metrics)
+        for _ in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            pass  # the write stage commits as it goes; its tallies are read back from the manifests
         stage_metrics = ray.get(metrics.snapshot.remote())
     finally:
         ray.kill(metrics)
 
-    complete_outputs(filesystem, root, cfg.mode)
+    totals: dict[str, Any] = {}
+    merge_batch_stats(totals, [manifest["stats"] for manifest in run_dir.manifests()])
+    complete_outputs(run_dir.filesystem, run_dir.root, cfg.mode)
     report = build_report(
         cfg=cfg,
         shards=shards,
@@ -102,11 +99,12 @@ def run_curation(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = N
         started=started,
         finished=time.time(),
     )
-    write_report(filesystem, f"{root}/report.json", report)
+    report["resumed"] = {"committed_batches": run_dir.resumed_batches, "committed_rows": len(run_dir.committed_ids)}
+    report["duplicate_ids"] = len(duplicates)
+    write_report(run_dir.filesystem, f"{run_dir.root}/report.json", report)
     if report["status"] == "succeeded":
-        with filesystem.open_output_stream(f"{root}/{SUCCESS_MARKER}") as sink:
-            sink.write(b"")
+        run_dir.mark_success()
     return RunResult(output=cfg.output.path, report=report)
 
 
-__all__ = ["METRICS_ACTOR", "OutputExists", "RunResult", "build_stages", "run_curation"]
+__all__ = ["OutputExists", "RunResult", "build_stages", "run_curation"]

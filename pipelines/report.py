@@ -24,9 +24,8 @@ _COUNTERS = ("outcomes", "drop_reasons", "error_stages", "error_reasons") + tupl
 _SUMS = ("rows", "requests", "prompt_tokens", "output_tokens")
 
 
-def merge_batch_stats(totals: dict[str, Any], batch_stats: list[str]) -> None:
-    for text in batch_stats:
-        stats = json.loads(text)
+def merge_batch_stats(totals: dict[str, Any], batch_stats: list[dict[str, Any]]) -> None:
+    for stats in batch_stats:
         for key in _SUMS:
             totals[key] = totals.get(key, 0) + stats.get(key, 0)
         for key in _COUNTERS:

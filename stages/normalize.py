@@ -94,20 +94,23 @@ class NormalizeStage(Stage):
     name = "normalize"
     num_cpus = 0.5
 
-    def __init__(self, mode: Mode, input_cfg: InputConfig, batch_size: int = 64) -> None:
+    def __init__(
+        self, mode: Mode, input_cfg: InputConfig, batch_size: int = 64, skip_ids: frozenset[str] = frozenset()
+    ) -> None:
         self.mode = mode
+        # Rows already accounted for (committed by an interrupted attempt, or settled on the driver).
+        self.skip_ids = skip_ids
         self.mapping = input_cfg.column_mapping()
         self.batch_size = batch_size
         self.adds = dict(CANONICAL_TYPES)
 
     def process(self, table: pa.Table) -> pa.Table:
         source_names = set(self.mapping.values())
-        rows = table.to_pylist()
-        out: dict[str, list[Any]] = {column: [] for column in CANONICAL_TYPES}
-        for raw in rows:
-            row = self._canonical(raw)
-            for column in CANONICAL_TYPES:
-                out[column].append(row.get(column))
+        rows = [self._canonical(raw) for raw in table.to_pylist()]
+        if self.skip_ids:
+            kept = [i for i, row in enumerate(rows) if row["id"] not in self.skip_ids]
+            table, rows = table.take(pa.array(kept, pa.int64())), [rows[i] for i in kept]
+        out = {column: [row.get(column) for row in rows] for column in CANONICAL_TYPES}
         # User columns that were renamed are replaced by their canonical names; others pass through.
         keep = [c for c in table.column_names if c not in source_names and c not in CANONICAL_TYPES]
         return with_columns(table.select(keep), out, CANONICAL_TYPES)

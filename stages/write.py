@@ -2,7 +2,7 @@
 
 Every row lands in exactly one of kept/, dropped/ or errors/ (the accounting invariant);
 pairwise kept rows also become DPO rows in preferences/, and every raw verdict goes to judgments/.
-Files appear atomically: each is written under a dot-name that readers ignore, then renamed.
+Files appear atomically and a batch counts only once its manifest is written (stages/commit.py).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from pipelines.config import Mode
+from stages.commit import commit_batch, write_atomically
 from stages.base import DROP_REASON, ERROR, ERROR_STAGE, Stage, column_or_nulls
 from stages.normalize import MEDIA_COLUMNS, MEDIA_TYPE
 from stages.prompts import trl_user_message
@@ -119,18 +120,25 @@ class WriteStage(Stage):
         errors, drops = column_or_nulls(table, ERROR_STAGE), column_or_nulls(table, DROP_REASON)
         outcome = [outcome_of(e, d) for e, d in zip(errors, drops)]
         visible = [c for c in table.column_names if not c.startswith("_") and c != JUDGMENTS]
-        file_name = f"part-{uuid.uuid4().hex}.parquet"
+        batch = uuid.uuid4().hex
+        parts: dict[str, pa.Table] = {}
         for name in OUTCOMES:
             indices = [i for i, o in enumerate(outcome) if o == name]
             columns = [c for c in visible if not self._hidden_in(name, c)]
-            part = table.select(columns).take(pa.array(indices, pa.int64()))
-            self._write(name, file_name, part)
-            if name == "kept" and self.mode == "pairwise":
-                rows = preference_rows(part.to_pylist())
-                self._write("preferences", file_name, pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA))
+            parts[name] = table.select(columns).take(pa.array(indices, pa.int64()))
+        if self.mode == "pairwise":
+            rows = preference_rows(parts["kept"].to_pylist())
+            parts["preferences"] = pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA)
         if JUDGMENTS in table.column_names:
-            self._write("judgments", file_name, judgment_table(table))
-        return pa.table({"stats": [json.dumps(batch_stats(table, outcome))]})
+            parts["judgments"] = judgment_table(table)
+        files = []
+        for name, part in parts.items():
+            if part.num_rows:
+                files.append(f"{name}/part-{batch}.parquet")
+                write_atomically(self._fs, f"{self._root}/{files[-1]}", part)
+        stats = batch_stats(table, outcome)
+        commit_batch(self._fs, self._root, batch, files, table.column("id").to_pylist(), stats)
+        return pa.table({"stats": [json.dumps(stats)]})
 
     @staticmethod
     def _hidden_in(outcome: str, column: str) -> bool:
@@ -139,16 +147,6 @@ class WriteStage(Stage):
         if outcome == "dropped":
             return column in (ERROR_STAGE, ERROR)
         return column == DROP_REASON
-
-    def _write(self, subdir: str, file_name: str, part: pa.Table) -> None:
-        if part.num_rows == 0:
-            return
-        directory = f"{self._root}/{subdir}"
-        self._fs.create_dir(directory, recursive=True)
-        temporary = f"{directory}/.{file_name}.inprogress"
-        with self._fs.open_output_stream(temporary) as sink:
-            pq.write_table(part, sink, compression="zstd")
-        self._fs.move(temporary, f"{directory}/{file_name}")
 
 
 def judgment_table(table: pa.Table) -> pa.Table:
@@ -220,6 +218,4 @@ def complete_outputs(filesystem: pafs.FileSystem, root: str, mode: Mode) -> None
         existing = filesystem.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
         if any(info.is_file and not info.base_name.startswith(".") for info in existing):
             continue
-        filesystem.create_dir(directory, recursive=True)
-        with filesystem.open_output_stream(f"{directory}/part-empty.parquet") as sink:
-            pq.write_table(schema.empty_table(), sink)
+        write_atomically(filesystem, f"{directory}/part-empty.parquet", schema.empty_table())

@@ -1,0 +1,78 @@
+"""The run directory's life: start, resume after a crash, refuse to clobber a finished run.
+
+A directory with `_SUCCESS` is finished: refused unless overwrite. A directory without it holds an
+interrupted attempt of the same run: its committed batches are kept, orphans of a killed batch
+are deleted, and the next attempt skips the ids already committed. `run.json` records what the
+run is (config and inputs); resuming with a different one is refused rather than mixed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyarrow import fs as pafs
+
+from pipelines.config import RunConfig
+from stages.commit import read_manifests, remove_uncommitted, write_atomically
+
+SUCCESS_MARKER = "_SUCCESS"
+RUN_IDENTITY = "_run.json"
+
+
+class OutputExists(RuntimeError):
+    """The output directory holds a finished run, or an unfinished one of a different run."""
+
+
+@dataclass
+class RunDirectory:
+    filesystem: pafs.FileSystem
+    root: str
+    committed_ids: frozenset[str] = frozenset()
+    resumed_batches: int = 0
+    removed_orphans: list[str] = field(default_factory=list)
+
+    def manifests(self) -> list[dict[str, Any]]:
+        return read_manifests(self.filesystem, self.root)
+
+    def mark_success(self) -> None:
+        write_atomically(self.filesystem, f"{self.root}/{SUCCESS_MARKER}", b"")
+
+
+def run_identity(cfg: RunConfig, shard_paths: list[str]) -> dict[str, Any]:
+    """What must match for two attempts to be the same run."""
+    config = cfg.model_dump(mode="json")
+    config["output"].pop("overwrite", None)
+    config["input"].pop("skip_bad_shards", None)
+    return {"config": config, "shards": sorted(shard_paths)}
+
+
+def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def open_run_directory(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
+    filesystem, root = pafs.FileSystem.from_uri(cfg.output.path)
+    root = root.rstrip("/")
+    identity = run_identity(cfg, shard_paths)
+    if _exists(filesystem, root) and cfg.output.overwrite:
+        filesystem.delete_dir(root)
+    elif _exists(filesystem, f"{root}/{SUCCESS_MARKER}"):
+        raise OutputExists(f"{cfg.output.path} already holds a finished run; pass --overwrite to replace it")
+    elif _exists(filesystem, f"{root}/{RUN_IDENTITY}"):
+        with filesystem.open_input_stream(f"{root}/{RUN_IDENTITY}") as source:
+            previous = json.loads(source.read())
+        if previous != identity:
+            raise OutputExists(
+                f"{cfg.output.path} holds an unfinished run with a different config or inputs; "
+                "pass --overwrite to start over, or use another --output"
+            )
+        manifests = read_manifests(filesystem, root)
+        removed = remove_uncommitted(filesystem, root, manifests)
+        ids = frozenset(i for manifest in manifests for i in manifest["ids"])
+        return RunDirectory(filesystem, root, ids, len(manifests), removed)
+    if _exists(filesystem, root) and filesystem.get_file_info(pafs.FileSelector(root)):
+        raise OutputExists(f"{cfg.output.path} is not empty and holds no flexcurate run; choose another --output")
+    filesystem.create_dir(root, recursive=True)
+    write_atomically(filesystem, f"{root}/{RUN_IDENTITY}", json.dumps(identity, indent=1).encode())
+    return RunDirectory(filesystem, root)

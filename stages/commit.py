@@ -1,0 +1,65 @@
+"""How output files become part of a run: atomically, and batch by batch.
+
+Every file is written under a dot-name that readers ignore and then renamed, so nobody reads half
+a file. A write batch's files count only once its manifest (`_manifests/<batch>.json`, written
+last) exists; the manifest lists the files, the row ids and the batch's tallies. A run killed at
+any point therefore leaves whole batches or orphan files, never half a batch: a resumed run
+deletes the orphans and skips the committed ids.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+MANIFESTS = "_manifests"
+
+
+def write_atomically(filesystem: pafs.FileSystem, path: str, data: bytes | pa.Table) -> None:
+    directory, name = path.rsplit("/", 1)
+    filesystem.create_dir(directory, recursive=True)
+    temporary = f"{directory}/.{name}.inprogress"
+    with filesystem.open_output_stream(temporary) as sink:
+        if isinstance(data, pa.Table):
+            pq.write_table(data, sink, compression="zstd")
+        else:
+            sink.write(data)
+    filesystem.move(temporary, path)
+
+
+def commit_batch(
+    filesystem: pafs.FileSystem, root: str, batch: str, files: list[str], ids: list[str], stats: dict[str, Any]
+) -> None:
+    """Make a batch's already-written files part of the run (`files` relative to `root`)."""
+    manifest = {"files": files, "ids": ids, "stats": stats}
+    write_atomically(filesystem, f"{root}/{MANIFESTS}/{batch}.json", json.dumps(manifest).encode())
+
+
+def read_manifests(filesystem: pafs.FileSystem, root: str) -> list[dict[str, Any]]:
+    selector = pafs.FileSelector(f"{root}/{MANIFESTS}", allow_not_found=True)
+    manifests = []
+    for info in filesystem.get_file_info(selector):
+        if info.is_file and info.base_name.endswith(".json") and not info.base_name.startswith("."):
+            with filesystem.open_input_stream(info.path) as source:
+                manifests.append(json.loads(source.read()))
+    return manifests
+
+
+def remove_uncommitted(filesystem: pafs.FileSystem, root: str, manifests: list[dict[str, Any]]) -> list[str]:
+    """Delete data files no manifest names (a killed batch's) and unfinished dot-files; return them."""
+    committed = {f"{root}/{name}" for manifest in manifests for name in manifest["files"]}
+    removed = []
+    for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if not info.is_file:
+            continue
+        relative = info.path[len(root) :].lstrip("/")
+        top = relative.split("/", 1)[0]
+        orphan_data = "/" in relative and not top.startswith("_") and info.path not in committed
+        unfinished = info.base_name.startswith(".") and info.base_name.endswith(".inprogress")
+        if orphan_data or unfinished:
+            filesystem.delete_file(info.path)
+            removed.append(relative)
+    return removed
