@@ -118,7 +118,20 @@ class SamplingConfig(_Section):
     seed: int = Field(default=0, description="Base seed; each request derives its own from it.")
 
 
+class SimulationConfig(_Section):
+    seconds_per_token: float = Field(default=0.0, ge=0, description="Simulated decode time per output token.")
+    median_tokens: int = Field(default=300, gt=0, description="Median simulated verdict length (lognormal).")
+    sigma: float = Field(default=1.0, ge=0, description="Spread of the lognormal verdict length.")
+    concurrency: int = Field(default=64, gt=0, description="Requests the simulated engine serves at once.")
+
+
 class EngineConfig(_Section):
+    backend: Literal["vllm", "simulated"] = Field(
+        default="vllm",
+        description="`simulated`: no model; seeded random verdicts after a simulated decode time. A dry run "
+        "that checks the data, decoding and CPU sizing of a job before spending GPU time.",
+    )
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     model: str = Field(
         default="jongwooko/Flex-Omni-7B",
         description="Hub id or local path of the judge (Flex-Omni-7B: image/video/audio; Flex-VL-7B: image/video).",
@@ -191,7 +204,11 @@ class FilterConfig(_Section):
 class OutputConfig(_Section):
     path: str = Field(default="", description="Output directory or URI; usually given with --output.")
     overwrite: bool = Field(default=False, description="Replace a finished run in the same directory.")
-    rows_per_file: int = Field(default=5000, gt=0, description="Most rows per written Parquet file.")
+    rows_per_file: int = Field(
+        default=1000,
+        gt=0,
+        description="Rows per written file and per commit: an interrupted run redoes at most this many rows per writer.",
+    )
 
 
 class RunConfig(_Section):

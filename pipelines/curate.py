@@ -50,7 +50,7 @@ def build_stages(
         DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size),
         JudgeStage(cfg.mode, cfg.judge, engine_factory=engine_factory),
         LabelStage(cfg.mode, cfg.filter),
-        WriteStage(cfg.output.path, cfg.mode),
+        WriteStage(cfg.output.path, cfg.mode, batch_size=cfg.output.rows_per_file),
     ]
 
 

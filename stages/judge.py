@@ -53,21 +53,29 @@ def request_seed(base: int, row_id: str, order: str, sample: int, attempt: int) 
 
 
 @dataclass
-class VllmEngineFactory:
-    """Builds the production engine inside the judge actor (never on the driver)."""
+class ConfiguredEngineFactory:
+    """Builds the configured engine inside the judge actor (never on the driver)."""
 
     judge: JudgeConfig
     guided_regex: str | None
 
     def __call__(self) -> Engine:
+        engine = self.judge.engine
+        if engine.backend == "simulated":
+            from stages.simulated_engine import LatencyModel, SimulatedEngine
+
+            sim = engine.simulation
+            latency = LatencyModel(seconds_per_token=sim.seconds_per_token, median_tokens=sim.median_tokens,
+                                   sigma=sim.sigma, max_tokens=self.judge.sampling.max_tokens)
+            return SimulatedEngine(latency=latency, concurrency=sim.concurrency)
         from stages.vllm_engine import VllmEngine
 
         return VllmEngine(
-            self.judge.engine,
+            engine,
             self.judge.sampling,
             guided_regex=self.guided_regex,
             tensor_parallel_size=self.judge.tensor_parallel_size,
-            cpu_threads=self.judge.engine.cpu_threads or max(1, int(self.judge.cpus_per_replica)),
+            cpu_threads=engine.cpu_threads or max(1, int(self.judge.cpus_per_replica)),
         )
 
 
@@ -97,7 +105,7 @@ class JudgeStage(Stage):
         self.judge = judge
         self.prompt = JudgePrompt(mode, judge.engine.resolved_family(), judge.prefill_think)
         regex = self.prompt.regex(judge.reasoning_max_chars) if judge.structured() else None
-        self.engine_factory = engine_factory or VllmEngineFactory(judge, regex)
+        self.engine_factory = engine_factory or ConfiguredEngineFactory(judge, regex)
         self.orders = ("ab", "ba") if mode == "pairwise" and judge.swap_order else ("ab",)
         self.needs = ("id", "question", "response_a", "response_b", "response", *MEDIA_COLUMNS, *DecodeStage.adds)
         self.adds = {**(PAIRWISE_COLUMNS if mode == "pairwise" else SINGLE_COLUMNS), **COMMON_COLUMNS}
@@ -105,7 +113,8 @@ class JudgeStage(Stage):
         self.pool_size = judge.replicas
         self.batches_in_flight = judge.batches_in_flight
         self.num_cpus = judge.cpus_per_replica
-        self.num_gpus = judge.tensor_parallel_size if judge.engine.device == "cuda" else 0
+        on_gpu = judge.engine.device == "cuda" and judge.engine.backend == "vllm"
+        self.num_gpus = judge.tensor_parallel_size if on_gpu else 0
         self.engine: Engine | None = None
 
     def setup(self) -> None:

@@ -1,0 +1,101 @@
+"""Kill the job with SIGKILL at several points; re-running the same command must finish with the
+same outputs a clean run gives: every id once, same outcomes, same verdicts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.demo import DEMO_CONFIG, write_demo_shards
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = 40
+SIMULATED = [
+    "--set", "judge.engine.backend=simulated",
+    "--set", "judge.engine.simulation.seconds_per_token=0.004",
+    "--set", "judge.engine.simulation.median_tokens=60",
+    "--set", "judge.batch_size=4",
+    "--set", "judge.batches_in_flight=2",
+    "--set", "decode_batch_size=4",
+    "--set", "output.rows_per_file=4",
+]
+
+
+def command(inputs: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "jobs", "run", "--config", str(DEMO_CONFIG), "--input", str(inputs),
+            "--output", str(output), "--num-cpus", "4", *SIMULATED]
+
+
+def run_to_end(inputs: Path, output: Path) -> None:
+    done = subprocess.run(command(inputs, output), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def kill_when(inputs: Path, output: Path, committed_batches: int, latest: float = 120.0) -> int:
+    """Start the job, SIGKILL it (and every process it started) once enough batches are committed."""
+    job = subprocess.Popen(command(inputs, output), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + latest
+    manifests = output / "_manifests"
+    while time.monotonic() < deadline and job.poll() is None:
+        if committed_batches == 0 or (manifests.is_dir() and len(list(manifests.glob("*.json"))) >= committed_batches):
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, "the job finished before it could be killed"
+    family = [job.pid, *(p.pid for p in psutil.Process(job.pid).children(recursive=True))]
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    job.wait()
+    return len(list(manifests.glob("*.json"))) if manifests.is_dir() else 0
+
+
+def snapshot(output: Path) -> dict:
+    rows = {}
+    for outcome in ("kept", "dropped", "errors"):
+        for row in pq.read_table(output / outcome).to_pylist():
+            rows.setdefault(row["id"], []).append(
+                (outcome, row.get("drop_reason"), row.get("error_stage"), row.get("score_a"), row.get("score_b"))
+            )
+    verdicts = Counter(
+        (j["id"], j["order"], j["sample"], j["attempt"], j["text"]) for j in pq.read_table(output / "judgments").to_pylist()
+    )
+    preferences = sorted(r["id"] for r in pq.read_table(output / "preferences", columns=["id"]).to_pylist())
+    report = json.loads((output / "report.json").read_text())
+    return {"rows": rows, "verdicts": verdicts, "preferences": preferences,
+            "counts": report["counts"], "input_rows": report["input_rows"]}
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    write_demo_shards(root / "input", ROWS, shards=4)
+    run_to_end(root / "input", root / "clean")
+    return root, snapshot(root / "clean")
+
+
+@pytest.mark.parametrize("committed_batches", [0, 1, 5])
+def test_killed_run_resumes_to_the_clean_result(clean, committed_batches):
+    root, expected = clean
+    output = root / f"killed-at-{committed_batches}"
+    committed = kill_when(root / "input", output, committed_batches)
+    assert not (output / "_SUCCESS").exists()
+    assert committed >= committed_batches
+    run_to_end(root / "input", output)
+    got = snapshot(output)
+    assert all(len(places) == 1 for places in got["rows"].values()), "an id landed twice"
+    assert got == expected
+    report = json.loads((output / "report.json").read_text())
+    assert report["resumed"]["committed_batches"] == committed
