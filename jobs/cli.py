@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Parquet file, directory or glob; local, s3://, gs:// (repeatable)")
     run.add_argument("--output", default=None, help="output directory or URI for this run")
     _add_run_options(run)
+    nightly = run.add_argument_group("incremental (nightly) runs")
+    nightly.add_argument("--incremental", action="store_true", default=None,
+                         help="process only shards not processed before; write OUTPUT/run_date=YYYY-MM-DD")
+    nightly.add_argument("--state", default=None, metavar="URI", help="JSON state of processed shards (required with --incremental)")
+    nightly.add_argument("--since", default=None, metavar="YYYY-MM-DD", help="backfill: only shards modified on or after this date")
+    nightly.add_argument("--reprocess", action="store_true", default=None, help="process every matched shard again")
+    nightly.add_argument("--run-date", default=None, metavar="YYYY-MM-DD", help="the night's partition (default: today, UTC)")
 
     demo = commands.add_parser("demo", help="the whole pipeline on generated data with the CPU engine")
     demo.add_argument("--output", default="out/demo", help="output directory (default: out/demo)")
@@ -77,7 +84,7 @@ def _execute(cfg: RunConfig, args: argparse.Namespace) -> int:
     check_current_cluster(cfg)
     result = run_curation(cfg)
     report = result.report
-    print(json.dumps({k: report[k] for k in ("status", "input_rows", "counts", "error_fraction")}))
+    print(json.dumps({k: report[k] for k in ("status", "input_rows", "counts", "error_fraction") if k in report}))
     print(f"outputs: {result.output}")
     return EXIT_OK if result.succeeded else EXIT_RUN_FAILED
 
@@ -97,7 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jobs.demo import run_demo
 
             return run_demo(args)
-        cfg = _load(args, args.config, **{"input.paths": args.inputs, "output.path": args.output})
+        cfg = _load(
+            args,
+            args.config,
+            **{
+                "input.paths": args.inputs,
+                "output.path": args.output,
+                "incremental.enabled": args.incremental,
+                "incremental.state": args.state,
+                "incremental.since": args.since,
+                "incremental.reprocess": args.reprocess,
+                "incremental.run_date": args.run_date,
+            },
+        )
         if not cfg.output.path:
             raise ConfigError("output.path: no output given (pass --output)")
         return _execute(cfg, args)

@@ -5,6 +5,7 @@ field has a description and the default a user would choose.
 """
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -211,6 +212,24 @@ class OutputConfig(_Section):
     )
 
 
+class IncrementalConfig(_Section):
+    enabled: bool = Field(default=False, description="Process only shards not processed by an earlier run.")
+    state: str = Field(default="", description="URI of the JSON state that records processed shards.")
+    fingerprint: Literal["stat", "content"] = Field(
+        default="stat",
+        description="How a shard is recognised as unchanged: path + size + modification time, or a content hash.",
+    )
+    since: date | None = Field(default=None, description="Backfill: only shards modified on or after this date (UTC).")
+    reprocess: bool = Field(default=False, description="Process every matched shard again, whatever the state says.")
+    run_date: date | None = Field(default=None, description="The night's partition (run_date=YYYY-MM-DD); default today (UTC).")
+
+    @model_validator(mode="after")
+    def _needs_state(self) -> "IncrementalConfig":
+        if self.enabled and not self.state:
+            raise ValueError("incremental runs need a state URI (--state)")
+        return self
+
+
 class RunConfig(_Section):
     mode: Mode = Field(default="pairwise", description="pairwise: two answers -> preference; single: one answer -> score.")
     input: InputConfig = Field(default_factory=InputConfig)
@@ -218,6 +237,7 @@ class RunConfig(_Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
     decode_batch_size: int = Field(default=16, ge=1, description="Rows per CPU decode task.")
     max_error_fraction: float = Field(
         default=0.05, ge=0, le=1, description="A run whose errors exceed this fraction of input rows fails."

@@ -16,6 +16,7 @@ import ray
 from pipelines.adapter import apply_stage, start_metrics
 from pipelines.config import RunConfig
 from pipelines.report import build_report, merge_batch_stats, write_report
+from pipelines.incremental import load_state, partition, plan_night, record_night
 from pipelines.duplicates import find_duplicate_ids, settle_duplicates
 from pipelines.run_dir import OutputExists, open_run_directory
 from pipelines.shards import ShardSet, discover
@@ -37,7 +38,7 @@ class RunResult:
 
     @property
     def succeeded(self) -> bool:
-        return self.report["status"] == "succeeded"
+        return self.report["status"] in ("succeeded", "nothing_new")
 
 
 def build_stages(
@@ -65,8 +66,27 @@ def check_stage_chain(stages: list[Stage], initial: set[str]) -> None:
 
 
 def run_curation(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = None) -> RunResult:
-    started = time.time()
+    """Run the job; with `incremental.enabled`, only the night's new shards, into their partition."""
     shards: ShardSet = discover(cfg.input.paths, cfg.mode, cfg.input)
+    if not cfg.incremental.enabled:
+        return _run(cfg, shards, engine_factory)
+    state = load_state(cfg.incremental.state)
+    plan = plan_night(shards, cfg.incremental, state)
+    night = cfg.model_copy(deep=True)
+    night.output.path = partition(cfg.output.path, plan.run_date)
+    if not plan.shards.paths:
+        log.info("incremental: no new or changed shards among %d; nothing to do", len(plan.unchanged))
+        return RunResult(output=night.output.path, report={"status": "nothing_new", "unchanged_shards": len(plan.unchanged)})
+    log.info("incremental: %d new or changed shards, %d unchanged -> %s",
+             len(plan.shards.paths), len(plan.unchanged), night.output.path)
+    result = _run(night, plan.shards, engine_factory)
+    if result.succeeded:
+        record_night(cfg.incremental.state, state, plan, night.output.path)
+    return result
+
+
+def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] | None) -> RunResult:
+    started = time.time()
     check_stage_chain(build_stages(cfg, engine_factory)[1:], set(CANONICAL_TYPES))
     run_dir = open_run_directory(cfg, shards.paths)
     if run_dir.resumed_batches:

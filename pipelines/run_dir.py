@@ -14,7 +14,7 @@ from typing import Any
 from pyarrow import fs as pafs
 
 from pipelines.config import RunConfig
-from stages.commit import read_manifests, remove_uncommitted, write_atomically
+from stages.commit import filesystem_for, read_manifests, remove_uncommitted, write_atomically
 
 SUCCESS_MARKER = "_SUCCESS"
 RUN_IDENTITY = "_run.json"
@@ -52,7 +52,7 @@ def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
 
 
 def open_run_directory(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
-    filesystem, root = pafs.FileSystem.from_uri(cfg.output.path)
+    filesystem, root = filesystem_for(cfg.output.path)
     root = root.rstrip("/")
     identity = run_identity(cfg, shard_paths)
     if _exists(filesystem, root) and cfg.output.overwrite:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from pipelines.config import InputConfig, Mode
+from stages.commit import filesystem_for
 from stages.normalize import required_columns
 
 _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
@@ -27,19 +27,23 @@ class ShardError(ValueError):
 @dataclass
 class ShardSet:
     filesystem: pafs.FileSystem
-    paths: list[str]
-    rows: int = 0  # from the Parquet footers
+    row_counts: dict[str, int]  # path -> rows, from the Parquet footers
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self.row_counts)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_counts.values())
+
+    def only(self, paths: list[str]) -> "ShardSet":
+        return ShardSet(self.filesystem, {p: self.row_counts[p] for p in paths}, self.skipped)
 
 
 def _is_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
-
-
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).absolute())
 
 
 def _visible_parquet(path: str, base: str) -> bool:
@@ -52,12 +56,12 @@ def expand(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     """A file, directory or glob (local or any pyarrow filesystem URI) -> sorted Parquet files."""
     if _is_glob(uri):
         prefix = uri[: min(uri.index(ch) for ch in "*?[" if ch in uri)]
-        filesystem, base = _filesystem(prefix.rsplit("/", 1)[0] if "/" in prefix else ".")
-        _, pattern = _filesystem(uri)  # the pattern as the filesystem spells its paths (no scheme)
+        filesystem, base = filesystem_for(prefix.rsplit("/", 1)[0] if "/" in prefix else ".")
+        _, pattern = filesystem_for(uri)  # the pattern as the filesystem spells its paths (no scheme)
         listing = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         matched = [i.path for i in listing if i.is_file and fnmatch.fnmatchcase(i.path, pattern)]
         return filesystem, sorted(p for p in matched if _visible_parquet(p, base))
-    filesystem, path = _filesystem(uri)
+    filesystem, path = filesystem_for(uri)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise ShardError(f"input {uri} does not exist")
@@ -85,8 +89,7 @@ def discover(paths: list[str], mode: Mode, input_cfg: InputConfig) -> ShardSet:
     if not paths:
         raise ShardError("no input given: pass --input or set input.paths")
     filesystem: pafs.FileSystem | None = None
-    good: list[str] = []
-    rows = 0
+    good: dict[str, int] = {}
     skipped: dict[str, str] = {}
     for uri in paths:
         fs_here, files = expand(uri)
@@ -105,9 +108,8 @@ def discover(paths: list[str], mode: Mode, input_cfg: InputConfig) -> ShardSet:
                     raise ShardError(problem) from exc
                 skipped[path] = problem
                 continue
-            good.append(path)
-            rows += metadata.num_rows
+            good[path] = metadata.num_rows
     if not good:
         raise ShardError(f"no readable shards among {len(skipped)} inputs: " + "; ".join(skipped.values()))
     assert filesystem is not None
-    return ShardSet(filesystem=filesystem, paths=good, rows=rows, skipped=skipped)
+    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped)

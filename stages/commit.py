@@ -9,6 +9,7 @@ deletes the orphans and skips the committed ids.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pyarrow as pa
@@ -16,6 +17,13 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 MANIFESTS = "_manifests"
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A filesystem and path for a URI (s3://, gs://, file://) or a local path, relative or not."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def write_atomically(filesystem: pafs.FileSystem, path: str, data: bytes | pa.Table) -> None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from pipelines.config import Mode
-from stages.commit import commit_batch, write_atomically
+from stages.commit import commit_batch, filesystem_for, write_atomically
 from stages.base import DROP_REASON, ERROR, ERROR_STAGE, Stage, column_or_nulls
 from stages.normalize import MEDIA_COLUMNS, MEDIA_TYPE
 from stages.prompts import trl_user_message
@@ -112,7 +112,7 @@ class WriteStage(Stage):
         self.adds = {"stats": STATS_TYPE}
 
     def setup(self) -> None:
-        self._fs, self._root = pafs.FileSystem.from_uri(self.output_path)
+        self._fs, self._root = filesystem_for(self.output_path)
 
     def process(self, table: pa.Table) -> pa.Table:
         if not hasattr(self, "_fs"):

@@ -14,9 +14,6 @@ from tests.cluster.helpers import REPO, pinned_ray_version, submit_parser
 
 MANIFESTS = REPO / "jobs" / "manifests"
 IMAGE_CHECKOUT = "/app/"  # where the manifests' image holds the repo
-INCREMENTAL_PENDING = pytest.mark.xfail(
-    strict=False, reason="`flexcurate run --incremental --state` is not implemented yet"
-)
 
 
 def load(name: str) -> dict:
@@ -79,7 +76,6 @@ def test_entrypoint_is_a_real_run(name):
     assert "--incremental" in unknown + entrypoint_argv(name), "nightly runs are incremental"
 
 
-@INCREMENTAL_PENDING
 @pytest.mark.parametrize("name", ["rayjob.yaml", "raycronjob.yaml"])
 def test_entrypoint_incremental_options_exist(name):
     args = build_parser().parse_args(entrypoint_argv(name))
@@ -111,7 +107,6 @@ def test_cron_line_is_a_real_submit():
     assert "--incremental" in args.run_args and "--state" in args.run_args
 
 
-@INCREMENTAL_PENDING
 def test_cron_submit_forwards_a_valid_run():
     args = submit_parser().parse_args(cron_submit_argv())
     argv = shlex.split(build_entrypoint(args, args.config))[3:]

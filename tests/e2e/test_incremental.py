@@ -1,0 +1,81 @@
+"""Three simulated nights over a growing, changing set of shards."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import EXIT_OK, main
+from jobs.demo import DEMO_CONFIG
+
+pytestmark = pytest.mark.e2e
+SIMULATED = ["--set", "judge.engine.backend=simulated", "--set", "max_error_fraction=1"]
+
+
+def shard(path: Path, prefix: str, rows: int) -> None:
+    pq.write_table(
+        pa.table({
+            "id": [f"{prefix}-{i}" for i in range(rows)],
+            "question": [f"question {prefix} {i}" for i in range(rows)],
+            "response_a": ["yes"] * rows,
+            "response_b": ["no"] * rows,
+        }),
+        path,
+    )
+
+
+def night(root: Path, date: str, *extra: str) -> int:
+    return main(["run", "--config", str(DEMO_CONFIG), "--input", str(root / "landing"), "--output", str(root / "curated"),
+                 "--incremental", "--state", str(root / "state.json"), "--run-date", date, *SIMULATED, *extra])
+
+
+def ids(partition: Path) -> set[str]:
+    return {i for name in ("kept", "dropped", "errors") for i in pq.read_table(partition / name, columns=["id"]).column("id").to_pylist()}
+
+
+def test_three_nights_process_only_new_and_changed_shards(tmp_path, ray_session):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    shard(landing / "a.parquet", "a", 3)
+    shard(landing / "b.parquet", "b", 2)
+
+    assert night(tmp_path, "2026-11-25") == EXIT_OK
+    first = tmp_path / "curated" / "run_date=2026-11-25"
+    assert ids(first) == {"a-0", "a-1", "a-2", "b-0", "b-1"} and (first / "_SUCCESS").exists()
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert {Path(p).name for p in state["shards"]} == {"a.parquet", "b.parquet"}
+
+    shard(landing / "c.parquet", "c", 2)  # a new shard; a and b unchanged
+    assert night(tmp_path, "2026-11-26") == EXIT_OK
+    assert ids(tmp_path / "curated" / "run_date=2026-11-26") == {"c-0", "c-1"}
+
+    shard(landing / "b.parquet", "b2", 4)  # b is rewritten with new content
+    assert night(tmp_path, "2026-11-27") == EXIT_OK
+    assert ids(tmp_path / "curated" / "run_date=2026-11-27") == {"b2-0", "b2-1", "b2-2", "b2-3"}
+    assert ids(first) == {"a-0", "a-1", "a-2", "b-0", "b-1"}  # earlier nights are left as they were
+
+    assert night(tmp_path, "2026-11-28") == EXIT_OK  # nothing new: no partition, state unchanged
+    assert not (tmp_path / "curated" / "run_date=2026-11-28").exists()
+
+    assert night(tmp_path, "2026-11-29", "--reprocess") == EXIT_OK  # a backfill of everything
+    assert len(ids(tmp_path / "curated" / "run_date=2026-11-29")) == 3 + 4 + 2
+
+
+def test_state_is_recorded_only_after_a_successful_night(tmp_path, ray_session):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    pq.write_table(pa.table({"id": ["x"], "question": ["q"], "response_a": ["a"], "response_b": ["b"],
+                             "image": [b"not an image"]}), landing / "bad.parquet")
+    code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(landing), "--output", str(tmp_path / "curated"),
+                 "--incremental", "--state", str(tmp_path / "state.json"), "--run-date", "2026-11-25",
+                 "--set", "judge.engine.backend=simulated", "--set", "max_error_fraction=0"])
+    assert code == 1  # over the error budget
+    assert not (tmp_path / "state.json").exists()  # the next night retries the shard
+
+
+def test_incremental_needs_a_state(tmp_path, capsys):
+    code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--incremental"])
+    assert code == 2 and "--state" in capsys.readouterr().err
