@@ -15,7 +15,8 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
-from stages.base import ERROR_STAGE, Stage
+from pipelines.quarantine import CRASH_REASON, SharedExclusiveLock
+from stages.base import ERROR, ERROR_COLUMNS, ERROR_STAGE, Stage, with_columns
 
 @ray.remote(num_cpus=0)
 class StageMetrics:
@@ -56,19 +57,56 @@ def _run_task(batch: pa.Table, stage: Stage, metrics: Any | None) -> pa.Table:
 
 
 class _ActorStage:
-    def __init__(self, stage: Stage, metrics: Any | None) -> None:
+    def __init__(self, stage: Stage, metrics: Any | None, ledger: Any | None) -> None:
         self.stage = stage
         self.metrics = metrics
+        self.ledger = ledger if stage.quarantine_after else None
+        self.lock = SharedExclusiveLock()
+        self.actor = ray.get_runtime_context().get_actor_id()
+        if self.ledger is not None and ray.get_runtime_context().was_current_actor_reconstructed:
+            ray.get(self.ledger.restarted.remote(self.actor))
         stage.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return run_stage_batch(self.stage, batch, self.metrics)
+        if self.ledger is None:
+            return run_stage_batch(self.stage, batch, self.metrics)
+        ids = batch.column("id").to_pylist()
+        crashes = ray.get(self.ledger.crash_counts.remote(ids))
+        if not crashes:
+            return self._guarded(batch, ids, exclusive=False)
+        clean = [i for i, row_id in enumerate(ids) if row_id not in crashes]
+        parts = []
+        if clean:
+            parts.append(self._guarded(batch.take(pa.array(clean, pa.int64())), [ids[i] for i in clean], exclusive=False))
+        for index, row_id in enumerate(ids):
+            if row_id not in crashes:
+                continue
+            row = batch.slice(index, 1)
+            if crashes[row_id] >= self.stage.quarantine_after:
+                parts.append(self._quarantine(row, crashes[row_id]))
+            else:
+                parts.append(self._guarded(row, [row_id], exclusive=True))
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    def _guarded(self, batch: pa.Table, ids: list[str], *, exclusive: bool) -> pa.Table:
+        with self.lock.exclusive() if exclusive else self.lock.shared():
+            ray.get(self.ledger.begin.remote(self.actor, ids))  # recorded before any work can crash
+            output = run_stage_batch(self.stage, batch, self.metrics)
+            self.ledger.end.remote(self.actor, ids)
+        return output
+
+    def _quarantine(self, row: pa.Table, crashes: int) -> pa.Table:
+        message = (
+            f"ReplicaCrash: [{CRASH_REASON}] the {self.stage.name} actor died {crashes} times with this row in "
+            "flight, the last time with no other row; it is not processed again"
+        )
+        return with_columns(row, {ERROR_STAGE: [self.stage.name], ERROR: [message]}, ERROR_COLUMNS)
 
     def __del__(self) -> None:
         self.stage.close()
 
 
-def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None) -> Dataset:
+def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None, ledger: Any | None = None) -> Dataset:
     common: dict[str, Any] = dict(
         batch_size=stage.batch_size,
         batch_format="pyarrow",
@@ -86,4 +124,4 @@ def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None) -> D
         max_concurrent_calls_per_actor=in_flight,
         enable_true_multi_threading=in_flight > 1,
     )
-    return dataset.map_batches(_ActorStage, fn_constructor_args=(stage, metrics), compute=compute, **common)
+    return dataset.map_batches(_ActorStage, fn_constructor_args=(stage, metrics, ledger), compute=compute, **common)

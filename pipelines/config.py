@@ -179,6 +179,12 @@ class JudgeConfig(_Section):
     swap_order: bool = Field(default=True, description="Pairwise: judge both answer orders (position-bias remedy).")
     samples: int = Field(default=1, ge=1, description="Verdicts per order; scores are averaged and votes counted.")
     max_retries: int = Field(default=2, ge=0, description="Re-asks (new seed) of a verdict that did not parse.")
+    quarantine_after_crashes: int = Field(
+        default=2,
+        ge=1,
+        description="A row in flight during this many replica deaths (the last time alone) goes to errors/ "
+        "as replica_crash instead of being retried forever.",
+    )
     structured_output: bool | None = Field(
         default=None, description="Constrain text to the verdict regex; None: on for the CPU engine only."
     )

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import ray
 
 from pipelines.adapter import apply_stage, start_metrics
+from pipelines.quarantine import start_ledger
 from pipelines.config import RunConfig
 from pipelines.report import build_report, merge_batch_stats, write_report
 from pipelines.incremental import load_state, partition, plan_night, record_night
@@ -97,16 +98,17 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
         settle_duplicates(cfg, shards, duplicates)
     stages = build_stages(cfg, engine_factory, skip_ids=run_dir.committed_ids | frozenset(duplicates))
 
-    metrics = start_metrics()
+    metrics, ledger = start_metrics(), start_ledger()
     try:
         dataset = ray.data.read_parquet(shards.paths, filesystem=shards.filesystem)
         for stage in stages:
-            dataset = apply_stage(dataset, stage, metrics)
+            dataset = apply_stage(dataset, stage, metrics, ledger)
         for _ in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             pass  # the write stage commits as it goes; its tallies are read back from the manifests
         stage_metrics = ray.get(metrics.snapshot.remote())
     finally:
         ray.kill(metrics)
+        ray.kill(ledger)
 
     totals: dict[str, Any] = {}
     merge_batch_stats(totals, [manifest["stats"] for manifest in run_dir.manifests()])

@@ -34,6 +34,8 @@ class Stage:
     pool_size: int | None = None
     # With a pool: batches one actor works on at once (threads), so a slow batch never idles it.
     batches_in_flight: int = 1
+    # With a pool: a row in flight during this many actor deaths is routed to errors/, not retried.
+    quarantine_after: int | None = None
 
     def setup(self) -> None:
         """Heavy, once-per-worker initialisation (models, engines)."""

@@ -112,6 +112,7 @@ class JudgeStage(Stage):
         self.batch_size = judge.batch_size
         self.pool_size = judge.replicas
         self.batches_in_flight = judge.batches_in_flight
+        self.quarantine_after = judge.quarantine_after_crashes
         self.num_cpus = judge.cpus_per_replica
         on_gpu = judge.engine.device == "cuda" and judge.engine.backend == "vllm"
         self.num_gpus = judge.tensor_parallel_size if on_gpu else 0

@@ -1,0 +1,87 @@
+"""A judge replica that dies is restarted and its rows retried; a row that kills it is quarantined."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import load_config
+from pipelines.curate import run_curation
+from stages.engine_api import JudgeRequest
+from stages.simulated_engine import SimulatedEngine, seeded_scores
+
+pytestmark = pytest.mark.e2e
+CRASH = re.compile(r"CRASH-ONCE (\S+) question")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+
+
+def crash_once(request: JudgeRequest) -> str:
+    """Dies the first time it sees the row; the row names the marker file that remembers it."""
+    found = CRASH.search(request.prompt)
+    if found and not Path(found.group(1)).exists():
+        Path(found.group(1)).write_text("crashed")
+        _die()
+    return seeded_scores(request)
+
+
+def crash_always(request: JudgeRequest) -> str:
+    if "POISON" in request.prompt:
+        _die()
+    return seeded_scores(request)
+
+
+def engine_crashing_once() -> SimulatedEngine:
+    return SimulatedEngine(crash_once)
+
+
+def engine_with_poison() -> SimulatedEngine:
+    return SimulatedEngine(crash_always)
+
+
+def shard(path: Path, special: str) -> None:
+    questions = [f"question {i}" for i in range(8)]
+    questions[5] = f"{special} question"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "question": questions,
+                             "response_a": ["yes"] * 8, "response_b": ["no"] * 8}), path)
+
+
+def config(tmp_path: Path):
+    return load_config(
+        overrides=["judge.engine.device=cpu", "judge.batch_size=4", "judge.batches_in_flight=2",
+                   "filter.require_order_agreement=false", "filter.min_margin=0", "max_error_fraction=0.5"],
+        **{"input.paths": [str(tmp_path / "in.parquet")], "output.path": str(tmp_path / "out")},
+    )
+
+
+def landed(output: Path) -> dict[str, str]:
+    return {r["id"]: name for name in ("kept", "dropped", "errors") for r in pq.read_table(output / name, columns=["id"]).to_pylist()}
+
+
+def test_dead_replica_is_restarted_and_its_rows_retried(tmp_path, ray_session, monkeypatch):
+    shard(tmp_path / "in.parquet", f"CRASH-ONCE {tmp_path / 'crashed'}")
+    result = run_curation(config(tmp_path), engine_factory=engine_crashing_once)
+    assert (tmp_path / "crashed").exists(), "the replica never crashed"
+    assert result.succeeded
+    where = landed(tmp_path / "out")
+    assert sorted(where) == [f"r{i}" for i in range(8)]
+    assert "errors" not in where.values()
+
+
+def test_row_that_kills_the_replica_every_time_is_quarantined(tmp_path, ray_session):
+    shard(tmp_path / "in.parquet", "POISON")
+    result = run_curation(config(tmp_path), engine_factory=engine_with_poison)
+    assert result.succeeded
+    where = landed(tmp_path / "out")
+    assert sorted(where) == [f"r{i}" for i in range(8)]
+    assert [i for i, outcome in where.items() if outcome == "errors"] == ["r5"]
+    [error] = pq.read_table(tmp_path / "out" / "errors").to_pylist()
+    assert error["error_stage"] == "judge" and "[replica_crash]" in error["error"]
+    assert result.report["error_reasons"] == {"replica_crash": 1}
