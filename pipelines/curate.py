@@ -14,6 +14,7 @@ from typing import Any, Callable
 import ray
 
 from pipelines.adapter import apply_stage, start_metrics
+from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
 from pipelines.config import RunConfig
 from pipelines.report import build_report, merge_batch_stats, write_report
@@ -103,8 +104,10 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
         dataset = ray.data.read_parquet(shards.paths, filesystem=shards.filesystem)
         for stage in stages:
             dataset = apply_stage(dataset, stage, metrics, ledger)
-        for _ in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            pass  # the write stage commits as it goes; its tallies are read back from the manifests
+        progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics)
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            # The write stage commits as it goes; the report reads its tallies back from the manifests.
+            progress.batch_written(batch.column("stats").to_pylist())
         stage_metrics = ray.get(metrics.snapshot.remote())
     finally:
         ray.kill(metrics)
