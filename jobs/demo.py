@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import synthetic_media as media
+from stages.schema import MEDIA_TYPE
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 QUESTIONS = [
@@ -71,10 +72,9 @@ def demo_rows(count: int) -> list[dict[str, Any]]:
     return rows
 
 
-MEDIA = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
     [("id", pa.string()), ("question", pa.string()), ("response_a", pa.string()), ("response_b", pa.string()),
-     ("image", MEDIA), ("audio", MEDIA), ("video", MEDIA), ("kind", pa.string())]
+     ("image", MEDIA_TYPE), ("audio", MEDIA_TYPE), ("video", MEDIA_TYPE), ("kind", pa.string())]
 )
 
 

@@ -25,10 +25,9 @@ from stages.decode import DecodeStage, decoded_media
 from stages.engine_api import Completion, Engine, JudgeRequest, RequestRejected
 from stages.normalize import MEDIA_COLUMNS
 from stages.prompts import JudgePrompt
-from stages.write import JUDGMENT_FIELDS
+from stages.schema import JUDGMENT_TYPE
 from stages.verdicts import REASON_UNPARSED, Verdict, aggregate_pairwise, aggregate_single
 
-JUDGMENT_TYPE = pa.struct(JUDGMENT_FIELDS)
 PAIRWISE_COLUMNS: dict[str, pa.DataType] = {
     "score_a": pa.float64(),
     "score_b": pa.float64(),

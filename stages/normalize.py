@@ -14,10 +14,10 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import InputConfig, Mode
+from stages.schema import MEDIA_TYPE
 from stages.base import DROP_REASON, ERROR, ERROR_STAGE, Stage, describe_exception, with_columns
 
 MEDIA_COLUMNS = ("image", "audio", "video")
-MEDIA_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 # Columns whose Arrow type later stages rely on; every normalized block carries all of them.
 CANONICAL_TYPES: dict[str, pa.DataType] = {
     "id": pa.string(),

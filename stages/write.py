@@ -19,44 +19,13 @@ from pyarrow import fs as pafs
 from pipelines.config import Mode
 from stages.commit import commit_batch, filesystem_for, write_atomically
 from stages.base import DROP_REASON, ERROR, ERROR_STAGE, Stage, column_or_nulls
-from stages.normalize import MEDIA_COLUMNS, MEDIA_TYPE
+from stages.normalize import MEDIA_COLUMNS
+from stages.schema import JUDGMENT_FIELDS, PREFERENCE_SCHEMA
 from stages.prompts import trl_user_message
 
 OUTCOMES = ("kept", "dropped", "errors")
-# The judgment struct of stages/judge.py, flattened into columns of judgments/.
-JUDGMENT_FIELDS = [
-    pa.field("order", pa.string()),
-    pa.field("sample", pa.int32()),
-    pa.field("attempt", pa.int32()),
-    pa.field("seed", pa.int64()),
-    pa.field("text", pa.string()),
-    pa.field("scores", pa.list_(pa.float64())),
-    pa.field("original_scores", pa.list_(pa.float64())),
-    pa.field("prompt_tokens", pa.int32()),
-    pa.field("output_tokens", pa.int32()),
-    pa.field("finish_reason", pa.string()),
-    pa.field("parsed", pa.bool_()),
-]
 JUDGMENTS = "judgments"
 STATS_TYPE = pa.string()
-
-_CONTENT = pa.list_(pa.struct([("type", pa.string()), ("text", pa.string())]))
-MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", _CONTENT)]))
-PREFERENCE_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("prompt", MESSAGES_TYPE),
-        ("chosen", MESSAGES_TYPE),
-        ("rejected", MESSAGES_TYPE),
-        ("images", pa.list_(MEDIA_TYPE)),
-        ("audios", pa.list_(MEDIA_TYPE)),
-        ("videos", pa.list_(MEDIA_TYPE)),
-        ("score_chosen", pa.float64()),
-        ("score_rejected", pa.float64()),
-        ("margin", pa.float64()),
-        ("judge_model", pa.string()),
-    ]
-)
 
 
 def outcome_of(error_stage: str | None, drop_reason: str | None) -> str:

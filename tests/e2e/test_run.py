@@ -9,7 +9,7 @@ import pytest
 
 from jobs.cli import EXIT_OK, EXIT_REJECTED, main
 from jobs.demo import DEMO_CONFIG, demo_rows, write_demo_shards
-from stages.write import PREFERENCE_SCHEMA
+from stages.schema import PREFERENCE_SCHEMA
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 ROWS = 18
@@ -133,3 +133,12 @@ def test_python_dash_m_jobs_is_the_same_command():
     done = subprocess.run([sys.executable, "-m", "jobs", "run", "--help"], capture_output=True, text=True, check=True)
     for option in ("--config", "--input", "--output", "--set", "--overwrite", "--skip-bad-shards"):
         assert option in done.stdout
+
+
+def test_preference_images_load_as_pil_images(finished_run):
+    datasets = pytest.importorskip("datasets")
+    _, _, output = finished_run
+    loaded = datasets.load_dataset("parquet", data_dir=str(output / "preferences"), split="train")
+    with_images = [row for row in loaded if row["images"]]
+    assert with_images, "no kept pair had an image"
+    assert with_images[0]["images"][0].size[0] > 0  # decoded to a PIL image, as TRL's vision DPO expects

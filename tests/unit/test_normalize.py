@@ -1,7 +1,8 @@
 import pyarrow as pa
 
 from pipelines.config import InputConfig
-from stages.normalize import MEDIA_TYPE, NormalizeStage, content_id
+from stages.normalize import NormalizeStage, content_id
+from stages.schema import MEDIA_TYPE
 
 
 def run(table, mode="pairwise", **input_kwargs):

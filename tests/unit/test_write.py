@@ -4,9 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.judge import JUDGMENT_TYPE
-from stages.normalize import MEDIA_TYPE
-from stages.write import PREFERENCE_SCHEMA, WriteStage, error_reason
+from stages.schema import JUDGMENT_TYPE, MEDIA_TYPE, PREFERENCE_SCHEMA
+from stages.write import WriteStage, error_reason
 
 
 def judged_rows():
