@@ -177,14 +177,21 @@ def flac(seconds: float = 1.0, sample_rate: int = 16_000, channels: int = 1, sil
     return _soundfile(np.zeros_like(samples) if silent else samples, sample_rate, "FLAC", "PCM_16")
 
 
+# FFmpeg's default layout name for 1-8 channels (PyAV names layouts, it does not count them).
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
 def _pyav_audio(seconds: float, sample_rate: int, codec: str, container: str, channels: int = 1) -> bytes:
     import av
+
+    if channels not in _LAYOUTS:
+        raise ValueError(f"{channels} channels: PyAV encoding here supports 1-8")
 
     samples = tone(seconds, sample_rate, channels)
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container) as out:
         stream = out.add_stream(codec, rate=sample_rate)
-        stream.layout = "mono" if channels == 1 else "stereo"
+        stream.layout = _LAYOUTS[channels]
         frame_size = stream.codec_context.frame_size or 1024
         for start in range(0, len(samples), frame_size):
             chunk = np.ascontiguousarray(samples[start : start + frame_size].T)
@@ -196,12 +203,14 @@ def _pyav_audio(seconds: float, sample_rate: int, codec: str, container: str, ch
 
 
 def mp3(seconds: float = 1.0, sample_rate: int = 16_000, channels: int = 1) -> bytes:
-    """An MP3 (libmp3lame via PyAV)."""
+    """An MP3 (libmp3lame via PyAV); MP3 holds mono or stereo only."""
+    if channels not in (1, 2):
+        raise ValueError(f"MP3 holds 1 or 2 channels, not {channels}")
     return _pyav_audio(seconds, sample_rate, "libmp3lame", "mp3", channels)
 
 
 def m4a(seconds: float = 1.0, sample_rate: int = 16_000, channels: int = 1) -> bytes:
-    """AAC in an MP4 container: libsndfile cannot read it, so it exercises the PyAV fallback."""
+    """AAC in an MP4 container (1-8 channels): libsndfile cannot read it, so it exercises the PyAV fallback."""
     return _pyav_audio(seconds, sample_rate, "aac", "mp4", channels)
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pipelines.config import RunConfig
 from pipelines.shards import ShardSet
 from stages.base import ERROR, ERROR_STAGE
-from stages.normalize import NormalizeStage
+from stages.normalize import NormalizeStage, printable_text
 from stages.write import WriteStage
 
 STAGE = "read"
@@ -25,6 +25,13 @@ class DuplicateId(ValueError):
     pass
 
 
+def id_strings(column: pa.ChunkedArray) -> list[str | None]:
+    """Ids as the normalize stage spells them; string columns that are not valid UTF-8 included."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = column.cast(pa.large_binary())
+    return [printable_text(v) for v in column.to_pylist()]
+
+
 def find_duplicate_ids(shards: ShardSet, id_column: str) -> dict[str, int]:
     """id -> occurrences, for ids occurring more than once across all shards."""
     counts: Counter[str] = Counter()
@@ -32,7 +39,7 @@ def find_duplicate_ids(shards: ShardSet, id_column: str) -> dict[str, int]:
         if id_column not in pq.read_schema(path, filesystem=shards.filesystem).names:
             continue
         column = pq.read_table(path, columns=[id_column], filesystem=shards.filesystem).column(id_column)
-        counts.update(str(v) for v in column.to_pylist() if v is not None and str(v).strip())
+        counts.update(i for i in id_strings(column) if i is not None and i.strip())
     return {identifier: n for identifier, n in counts.items() if n > 1}
 
 
@@ -46,7 +53,8 @@ def settle_duplicates(cfg: RunConfig, shards: ShardSet, duplicates: dict[str, in
         table = pq.read_table(path, filesystem=shards.filesystem)
         if id_column not in table.column_names:
             continue
-        rows = table.filter(pc.is_in(pc.cast(table.column(id_column), pa.string()), value_set=wanted))
+        ids = pa.array(id_strings(table.column(id_column)), pa.string())
+        rows = table.filter(pc.is_in(ids, value_set=wanted))
         if rows.num_rows:
             parts.append(normalize.process(rows))
     batch = pa.concat_tables(parts, promote_options="permissive")

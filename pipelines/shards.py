@@ -84,12 +84,53 @@ def check_schema(path: str, schema: pa.Schema, mode: Mode, input_cfg: InputConfi
             raise ShardError(f"shard {path}: column '{column}' has type {field_type}, expected {expected}")
 
 
+def _media_type_ok(field_type: pa.DataType) -> bool:
+    if pa.types.is_null(field_type) or any(t(field_type) for t in _TEXT_TYPES):
+        return True
+    if not pa.types.is_struct(field_type):
+        return False
+    names = {field_type.field(i).name: field_type.field(i).type for i in range(field_type.num_fields)}
+    bytes_ok = "bytes" not in names or pa.types.is_binary(names["bytes"]) or pa.types.is_large_binary(names["bytes"])
+    path_ok = "path" not in names or any(t(names["path"]) for t in _TEXT_TYPES[:2]) or pa.types.is_null(names["path"])
+    return bool({"bytes", "path"} & set(names)) and bytes_ok and path_ok
+
+
+def check_media_columns(path: str, schema: pa.Schema, input_cfg: InputConfig) -> None:
+    mapping = input_cfg.column_mapping()
+    for canonical in ("image", "audio", "video"):
+        column = mapping.get(canonical, canonical)
+        if column in schema.names and not _media_type_ok(schema.field(column).type):
+            raise ShardError(
+                f"shard {path}: media column '{column}' has type {schema.field(column).type}, expected bytes, "
+                "a path string or a struct<bytes: binary, path: string>"
+            )
+
+
+def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
+    both_text = any(t(a) for t in _TEXT_TYPES) and any(t(b) for t in _TEXT_TYPES)
+    return a == b or pa.types.is_null(a) or pa.types.is_null(b) or both_text
+
+
+def check_consistent(schemas: dict[str, pa.Schema]) -> None:
+    """Shards of one run must agree on each column's type (Ray cannot read them as one dataset)."""
+    seen: dict[str, tuple[pa.DataType, str]] = {}
+    for path, schema in schemas.items():
+        for field in schema:
+            first = seen.setdefault(field.name, (field.type, path))
+            if not _compatible(first[0], field.type):
+                raise ShardError(
+                    f"column '{field.name}' is {first[0]} in shard {first[1]} but {field.type} in shard {path}; "
+                    "write the shards with one schema"
+                )
+
+
 def discover(paths: list[str], mode: Mode, input_cfg: InputConfig) -> ShardSet:
     """Expand and check every input; raise ShardError unless skip_bad_shards."""
     if not paths:
         raise ShardError("no input given: pass --input or set input.paths")
     filesystem: pafs.FileSystem | None = None
     good: dict[str, int] = {}
+    schemas: dict[str, pa.Schema] = {}
     skipped: dict[str, str] = {}
     for uri in paths:
         fs_here, files = expand(uri)
@@ -101,7 +142,9 @@ def discover(paths: list[str], mode: Mode, input_cfg: InputConfig) -> ShardSet:
         for path in files:
             try:
                 metadata = pq.read_metadata(path, filesystem=fs_here)
-                check_schema(path, metadata.schema.to_arrow_schema(), mode, input_cfg)
+                schema = metadata.schema.to_arrow_schema()
+                check_schema(path, schema, mode, input_cfg)
+                check_media_columns(path, schema, input_cfg)
             except Exception as exc:
                 problem = str(exc) if isinstance(exc, ShardError) else f"shard {path}: unreadable ({type(exc).__name__}: {exc})"
                 if not input_cfg.skip_bad_shards:
@@ -109,7 +152,9 @@ def discover(paths: list[str], mode: Mode, input_cfg: InputConfig) -> ShardSet:
                 skipped[path] = problem
                 continue
             good[path] = metadata.num_rows
+            schemas[path] = schema
     if not good:
         raise ShardError(f"no readable shards among {len(skipped)} inputs: " + "; ".join(skipped.values()))
     assert filesystem is not None
+    check_consistent(schemas)
     return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped)

@@ -13,11 +13,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.config import InputConfig, Mode
+from pipelines.config import CANONICAL_COLUMNS, InputConfig, Mode
 from stages.schema import MEDIA_TYPE
 from stages.base import DROP_REASON, ERROR, ERROR_STAGE, Stage, describe_exception, with_columns
 
 MEDIA_COLUMNS = ("image", "audio", "video")
+TEXT_COLUMNS = ("question", "response_a", "response_b", "response")
 # Columns whose Arrow type later stages rely on; every normalized block carries all of them.
 CANONICAL_TYPES: dict[str, pa.DataType] = {
     "id": pa.string(),
@@ -49,7 +50,7 @@ def required_columns(mode: Mode, mapping: dict[str, str]) -> list[str]:
 def content_id(row: dict[str, Any]) -> str:
     """A stable id from the row's judged content, for shards without one."""
     digest = hashlib.sha256()
-    for column in ("question", "response_a", "response_b", "response"):
+    for column in TEXT_COLUMNS:
         value = row.get(column)
         text = value if isinstance(value, str) else repr(value) if value is not None else ""
         digest.update(text.encode("utf-8", "surrogatepass") + b"\x1f")
@@ -71,6 +72,15 @@ def as_media_struct(value: Any) -> dict[str, Any] | None:
     if isinstance(value, str):
         return {"bytes": None, "path": value}
     raise TypeError(f"unsupported media value of type {type(value).__name__}")
+
+
+def printable_text(value: Any) -> str | None:
+    """A text field as it can be written back out: bytes decoded (bad UTF-8 escaped), others repr'd."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return repr(value)
 
 
 def as_text(value: Any, field: str) -> str:
@@ -106,7 +116,7 @@ class NormalizeStage(Stage):
 
     def process(self, table: pa.Table) -> pa.Table:
         source_names = set(self.mapping.values())
-        rows = [self._canonical(raw) for raw in table.to_pylist()]
+        rows = [self._canonical(raw) for raw in self._sources(table).to_pylist()]
         if self.skip_ids:
             kept = [i for i, row in enumerate(rows) if row["id"] not in self.skip_ids]
             table, rows = table.take(pa.array(kept, pa.int64())), [rows[i] for i in kept]
@@ -115,8 +125,20 @@ class NormalizeStage(Stage):
         keep = [c for c in table.column_names if c not in source_names and c not in CANONICAL_TYPES]
         return with_columns(table.select(keep), out, CANONICAL_TYPES)
 
+    def _sources(self, table: pa.Table) -> pa.Table:
+        """The columns this stage reads, strings viewed as bytes: Parquet writers that skip UTF-8
+        validation exist, and one bad value must fail its row, not the whole batch."""
+        names = {self.mapping.get(c, c) for c in (*CANONICAL_COLUMNS, "responses")}
+        texts = {self.mapping.get(c, c) for c in ("id", *TEXT_COLUMNS)}
+        sources = table.select([c for c in table.column_names if c in names])
+        for index, field in enumerate(sources.schema):
+            if field.name in texts and (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+                binary = pa.binary() if pa.types.is_string(field.type) else pa.large_binary()
+                sources = sources.set_column(index, field.name, sources.column(index).cast(binary))
+        return sources
+
     def _canonical(self, raw: dict[str, Any]) -> dict[str, Any]:
-        row: dict[str, Any] = {ERROR_STAGE: raw.get(ERROR_STAGE), ERROR: raw.get(ERROR), DROP_REASON: None}
+        row: dict[str, Any] = {ERROR_STAGE: None, ERROR: None, DROP_REASON: None}
         get = lambda name: raw.get(self.mapping.get(name, name))  # noqa: E731
         try:
             for column in MEDIA_COLUMNS:
@@ -130,12 +152,13 @@ class NormalizeStage(Stage):
             else:
                 for column in ("response_a", "response_b", "response"):
                     row[column] = get(column)
-            if row[ERROR_STAGE] is None:
-                self._check_text(row)
+            self._check_text(row)
         except Exception as exc:  # a bad row is data: it goes to errors/ and the batch goes on
             row[ERROR_STAGE], row[ERROR] = self.name, describe_exception(exc)
-        given = get("id")
-        row["id"] = content_id(row) if given is None or not str(given).strip() else str(given)
+        for column in TEXT_COLUMNS:  # keep a failed row's text writable, whatever its form
+            row[column] = printable_text(row.get(column))
+        given = printable_text(get("id"))
+        row["id"] = content_id(row) if given is None or not given.strip() else given
         return row
 
     def _check_text(self, row: dict[str, Any]) -> None:

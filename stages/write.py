@@ -96,7 +96,9 @@ class WriteStage(Stage):
             columns = [c for c in visible if not self._hidden_in(name, c)]
             parts[name] = table.select(columns).take(pa.array(indices, pa.int64()))
         if self.mode == "pairwise":
-            rows = preference_rows(parts["kept"].to_pylist())
+            needed = ["id", "question", "chosen", "rejected", "score_chosen", "score_rejected", "margin", "judge_model", *MEDIA_COLUMNS]
+            kept = parts["kept"]
+            rows = preference_rows(kept.select([c for c in needed if c in kept.column_names]).to_pylist())
             parts["preferences"] = pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA)
         if JUDGMENTS in table.column_names:
             parts["judgments"] = judgment_table(table)
