@@ -90,18 +90,17 @@ def write_demo_shards(directory: Path, rows: int, shards: int = 2) -> list[Path]
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    lines = [f"{'outcome':<28}{'rows':>6}", "-" * 34]
-    for outcome, count in report["counts"].items():
-        lines.append(f"{outcome:<28}{count:>6}")
-    for title, key in (("dropped because", "drop_reasons"), ("failed because", "error_reasons")):
-        for reason, count in sorted(report[key].items()):
-            lines.append(f"  {title} {reason:<{24 - len(title)}}{count:>6}")
-    lines.append("-" * 34)
-    lines.append(f"{'input rows':<28}{report['input_rows']:>6}")
-    stages = report["timings"]["stages"]
-    lines.append("")
+    entries: list[tuple[str, int]] = list(report["counts"].items())
+    entries += [(f"  dropped: {reason}", n) for reason, n in sorted(report["drop_reasons"].items())]
+    entries += [(f"  error: {reason}", n) for reason, n in sorted(report["error_reasons"].items())]
+    entries.append(("input rows", report["input_rows"]))
+    width = max(len(label) for label, _ in entries) + 2
+    rule = "-" * (width + 6)
+    lines = [f"{'outcome':<{width}}{'rows':>6}", rule]
+    lines += [f"{label:<{width}}{count:>6}" for label, count in entries[:-1]]
+    lines += [rule, f"{entries[-1][0]:<{width}}{entries[-1][1]:>6}", ""]
     lines.append(f"{'stage':<12}{'rows':>6}{'busy s':>10}{'errors':>8}")
-    for name, values in stages.items():
+    for name, values in report["timings"]["stages"].items():
         lines.append(f"{name:<12}{values['rows']:>6}{values['busy_seconds']:>10.2f}{values['errors']:>8}")
     lines.append(f"wall time {report['timings']['wall_seconds']:.1f} s, judge requests {report['judge']['requests']}")
     return "\n".join(lines)
