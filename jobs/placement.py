@@ -26,8 +26,9 @@ log = logging.getLogger("flexcurate")
 def replica_demand(cfg: RunConfig) -> dict[str, float]:
     """Resources one judge actor requests (matches stages/judge.py: num_cpus, num_gpus)."""
     demand = {"CPU": float(cfg.judge.cpus_per_replica)}
-    if cfg.judge.engine.device == "cuda":
+    if cfg.judge.engine.device == "cuda" and cfg.judge.engine.backend == "vllm":
         demand["GPU"] = float(cfg.judge.tensor_parallel_size)
+    demand.update({name: float(amount) for name, amount in cfg.judge.resources.items()})
     return demand
 
 
@@ -67,6 +68,13 @@ def check_cluster_fits(
             f"needs {_fmt(need_cpu)} CPUs plus {_fmt(MIN_FREE_CPUS)} for the decode and write tasks, "
             f"the cluster has {_fmt(have_cpu)}"
         )
+    for name, amount in cfg.judge.resources.items():
+        need, have = amount * judge.replicas, float(resources.get(name, 0.0))
+        if need > have + _EPS:
+            problems.append(
+                f"judge.replicas={judge.replicas} x judge.resources.{name}={_fmt(amount)} needs {_fmt(need)} "
+                f"{name}, the cluster has {_fmt(have)}"
+            )
     if not problems and nodes is not None and not any(_fits(node, per_replica) for node in nodes):
         wanted = ", ".join(f"{_fmt(v)} {k}" for k, v in per_replica.items())
         problems.append(f"one judge replica needs {wanted} on a single node, and no node has that")

@@ -176,6 +176,10 @@ class JudgeConfig(_Section):
         default=4, ge=1, description="Batches a replica holds at once, so its engine never waits for the next."
     )
     cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs reserved per judge actor.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per judge actor, e.g. {judge_node: 1} to pin the pool to labelled nodes.",
+    )
     swap_order: bool = Field(default=True, description="Pairwise: judge both answer orders (position-bias remedy).")
     samples: int = Field(default=1, ge=1, description="Verdicts per order; scores are averaged and votes counted.")
     max_retries: int = Field(default=2, ge=0, description="Re-asks (new seed) of a verdict that did not parse.")

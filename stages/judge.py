@@ -117,6 +117,9 @@ class JudgeStage(Stage):
         self.num_gpus = judge.tensor_parallel_size if on_gpu else 0
         self.engine: Engine | None = None
 
+    def ray_remote_args(self) -> dict[str, Any]:
+        return {"resources": dict(self.judge.resources)} if self.judge.resources else {}
+
     def setup(self) -> None:
         if self.engine is None:
             self.engine = self.engine_factory()

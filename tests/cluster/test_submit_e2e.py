@@ -82,6 +82,22 @@ def test_demo_run_succeeds_with_the_local_outputs(cluster: LocalCluster, shards:
     assert report["input_rows"] == 24 and sum(report["counts"].values()) >= 24
 
 
+def test_judge_pool_is_placed_on_the_labelled_node(cluster: LocalCluster, shards: Path, tmp_path: Path):
+    """Only the worker node has `judge_node`: the run can only finish if the pool went there."""
+    output = tmp_path / "out"
+    result = submit(cluster, "--config", "jobs/configs/demo.yaml", "--input", str(shards), "--output", str(output),
+                    "--set", "judge.resources={judge_node: 1}", "--wait")
+    assert result.returncode == 0, cluster.logs()[-5000:]
+    assert json.loads((output / "report.json").read_text())["config"]["judge"]["resources"] == {"judge_node": 1}
+
+
+def test_pool_needing_more_of_a_label_than_exists_fails_fast(cluster: LocalCluster, shards: Path, tmp_path: Path):
+    result = submit(cluster, "--config", "jobs/configs/demo.yaml", "--input", str(shards), "--output",
+                    str(tmp_path / "out"), "--set", "judge.resources={judge_node: 2}", "--wait")
+    assert result.returncode == 2
+    assert "judge.resources.judge_node" in result.stdout + result.stderr
+
+
 def test_bad_config_is_rejected_before_submitting(cluster: LocalCluster, tmp_path: Path):
     before = len(job_client(cluster).list_jobs())
     result = submit(cluster, "--config", "jobs/configs/demo.yaml", "--input", str(tmp_path),
