@@ -1,8 +1,9 @@
 """The curation pipeline: typed config -> ordered stages -> a streaming Ray Dataset -> outputs + report.
 
-`build_stages` has no side effects. `run_curation` owns the run directory (refusing to overwrite a
-finished run), executes the plan, and writes report.json and then _SUCCESS. The caller owns
-`ray.init` (jobs/ entrypoints do).
+`build_stages` has no side effects. `run_curation` checks the shards, opens the run directory (a new
+run, or the resumption of an interrupted one), settles duplicate ids, streams the plan (the write
+stage commits batch by batch), then writes report.json and _SUCCESS. Incremental runs first narrow
+the shards to the night's new ones. The caller owns `ray.init` (jobs/ entrypoints do).
 """
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from typing import Any, Callable
 import ray
 
 from pipelines.adapter import apply_stage, start_metrics
+from pipelines.config import RunConfig
+from pipelines.duplicates import find_duplicate_ids, settle_duplicates
+from pipelines.incremental import load_state, partition, plan_night, record_night
 from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
-from pipelines.config import RunConfig
 from pipelines.report import build_report, merge_batch_stats, write_report
-from pipelines.incremental import load_state, partition, plan_night, record_night
-from pipelines.duplicates import find_duplicate_ids, settle_duplicates
 from pipelines.run_dir import OutputExists, open_run_directory
 from pipelines.shards import ShardSet, discover
 from stages.base import Stage
