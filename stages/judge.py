@@ -150,7 +150,10 @@ class JudgeStage(Stage):
                 error_stage[job.index], error_text[job.index] = self.name, job.error
         out[ERROR_STAGE], out[ERROR] = error_stage, error_text
         types = {**self.adds, ERROR_STAGE: pa.string(), ERROR: pa.string()}
-        return with_columns(table, out, types)
+        # Decoded pixels and samples are the bulk of a row and nothing after the judge reads them:
+        # dropping them here keeps label/write batches small and the object store free.
+        decoded = [c for c in DecodeStage.adds if c in table.column_names]
+        return with_columns(table.drop_columns(decoded), out, types)
 
     def _job(self, index: int, row: dict[str, Any]) -> _RowJob:
         media = decoded_media(row)

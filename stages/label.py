@@ -43,7 +43,7 @@ class LabelStage(RowStage):
     name = "label"
     num_cpus = 0.25
 
-    def __init__(self, mode: Mode, rules: FilterConfig, batch_size: int = 256) -> None:
+    def __init__(self, mode: Mode, rules: FilterConfig, batch_size: int = 64) -> None:
         self.mode = mode
         self.rules = rules
         self.batch_size = batch_size
