@@ -1,0 +1,316 @@
+"""What every benchmark shares: Ray set-up, configs, generated input shards, timing and memory.
+
+Nothing here measures anything by itself; each benchmark module (engine_efficiency, feeding,
+decode, scale) composes these helpers and returns a plain dict for results.json.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs import synthetic_media as media
+from jobs.demo import DEMO_CONFIG, QUESTIONS, SCHEMA, demo_rows
+from pipelines.config import RunConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_CPUS = 4  # logical CPUs of the embedded Ray, as jobs.runtime.init_ray gives a 2-core machine
+KINDS = ("image", "audio", "video", "image+audio")
+
+
+# --------------------------------------------------------------------------- Ray and config
+
+
+@contextmanager
+def ray_session(num_cpus: int = RAY_CPUS, num_gpus: int | None = None) -> Iterator[float]:
+    """A fresh embedded Ray whose workers import this checkout; yields the seconds ray.init took.
+
+    num_gpus declares GPUs whether or not the machine has them: the simulated engine's judge actor
+    then asks for one, as in production, and Ray lays the plan out as it would on a GPU node.
+    """
+    import ray
+
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    started = time.perf_counter()
+    ray.init(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
+    init_s = time.perf_counter() - started
+    import ray.data  # noqa: F401 - its logging set-up runs at import; quieten it after that
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        yield init_s
+    finally:
+        ray.shutdown()
+
+
+def bench_config(
+    input_dir: Path,
+    output_dir: Path,
+    overrides: Sequence[str] = (),
+    *,
+    demo: bool = True,
+    device: str = "cpu",
+) -> RunConfig:
+    """The demo config (or the built-in defaults) on bench inputs; `overrides` are --set strings.
+
+    device "cuda" with the simulated engine: the judge actor asks for a GPU as in production (see
+    `ray_session(num_gpus=...)`), so Ray does not fuse the decode tasks into it as it does with a
+    CPU judge of the same num_cpus.
+    """
+    base = [f"judge.engine.device={device}", "max_error_fraction=1.0", "output.overwrite=true"]
+    return load_config(
+        DEMO_CONFIG if demo else None,
+        [*base, *overrides],
+        **{"input.paths": [str(input_dir)], "output.path": str(output_dir)},
+    )
+
+
+def parse_variants(texts: list[str]) -> dict[str, list[str]]:
+    """`--variant "NAME:key=value;key=value"` -> {NAME: [key=value, ...]}."""
+    variants = {}
+    for text in texts:
+        name, _, sets = text.partition(":")
+        variants[name.strip()] = [item.strip() for item in sets.split(";") if item.strip()]
+    return variants
+
+
+def config_sets(sets: Sequence[str]) -> list[str]:
+    """The --set style overrides of a variant, without its bench.* settings."""
+    return [item for item in sets if not item.startswith("bench.")]
+
+
+@contextmanager
+def bench_settings(sets: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Apply a variant's bench-only settings around one run, and undo them after:
+    `bench.env.NAME=VALUE` (an environment variable the driver reads while planning, e.g.
+    RAY_DATA_PARQUET_BIN_PACKING_BYTES), `bench.ctx.ATTR=VALUE` (a Ray Data DataContext field,
+    VALUE read as YAML). Other bench.* keys (bench.prerender) are returned for the caller."""
+    import yaml
+    from ray.data import DataContext
+
+    context, saved_env, saved_ctx, rest = DataContext.get_current(), {}, {}, {}
+    for item in sets:
+        if not item.startswith("bench."):
+            continue
+        key, _, value = item.partition("=")
+        if key.startswith("bench.env."):
+            name = key.removeprefix("bench.env.")
+            saved_env[name] = os.environ.get(name)
+            os.environ[name] = value
+        elif key.startswith("bench.ctx."):
+            attr = key.removeprefix("bench.ctx.")
+            saved_ctx[attr] = getattr(context, attr)
+            setattr(context, attr, yaml.safe_load(value))
+        else:
+            rest[key] = value
+    try:
+        yield rest
+    finally:
+        for name, old in saved_env.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+        for attr, old in saved_ctx.items():
+            setattr(context, attr, old)
+
+
+def gpus_for(cfg: RunConfig) -> int:
+    return cfg.judge.replicas * cfg.judge.tensor_parallel_size
+
+
+# --------------------------------------------------------------------------- input shards
+
+MEDIA_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+# Media sizes. "typical": what web-scraped preference data carries (kept small enough to generate
+# fast): 1024x768 JPEG, 10 s stereo FLAC at 44.1 kHz, 8 s 480x360 MP4 at 24 fps. "small": the
+# demo's sizes, what the tiny CPU model is benchmarked with.
+PROFILES = {
+    "typical": {"image": (1024, 768), "audio_s": 10.0, "audio_rate": 44_100, "audio_channels": 2},
+    "small": {"image": (112, 64), "audio_s": 2.0, "audio_rate": 22_050, "audio_channels": 1},
+}
+
+
+def image_bytes(profile: str, seed: int) -> bytes:
+    width, height = PROFILES[profile]["image"]
+    buffer = io.BytesIO()
+    media.image(width, height, seed=seed).save(buffer, format="JPEG" if profile == "typical" else "PNG", quality=90)
+    return buffer.getvalue()
+
+
+def audio_bytes(profile: str, seed: int) -> bytes:
+    import soundfile
+
+    p = PROFILES[profile]
+    samples = media.tone(p["audio_s"], p["audio_rate"], p["audio_channels"], frequency=220.0 + seed % 600)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, p["audio_rate"], format="FLAC" if profile == "typical" else "WAV",
+                    subtype="PCM_16")
+    return buffer.getvalue()
+
+
+@functools.cache
+def video_bytes(profile: str) -> bytes:
+    return media.mp4(8.0, 24, 480, 360) if profile == "typical" else media.mp4(2.0, 4, 64, 48)
+
+
+@functools.cache
+def _shared(profile: str, modality: str) -> bytes:
+    return image_bytes(profile, 0) if modality == "image" else audio_bytes(profile, 0)
+
+
+def media_rows(count: int, kinds: Sequence[str], profile: str = "typical", distinct: bool = False) -> list[dict[str, Any]]:
+    """`count` candidate rows cycling through `kinds` ("image", "audio", "video", "image+audio").
+
+    distinct: every row gets its own image and audio (vLLM caches processed media by content, so
+    a benchmark of the engine must not repeat them); otherwise rows share one file per modality.
+    Videos are always shared (encoding one takes a while).
+    """
+    rows = []
+    for index in range(count):
+        kind = kinds[index % len(kinds)]
+        question, good, bad = QUESTIONS[index % 3]
+        row: dict[str, Any] = {"id": f"bench-{index:06d}", "question": question, "response_a": good,
+                               "response_b": bad, "image": None, "audio": None, "video": None, "kind": kind}
+        for modality in kind.split("+"):
+            if modality == "video":
+                data = video_bytes(profile)
+            elif distinct:
+                data = image_bytes(profile, index) if modality == "image" else audio_bytes(profile, index)
+            else:
+                data = _shared(profile, modality)
+            row[modality] = {"bytes": data, "path": None}
+        rows.append(row)
+    return rows
+
+
+def write_shards(directory: Path, rows: list[dict[str, Any]], rows_per_shard: int = 64) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.parquet"):
+        old.unlink()
+    for shard, start in enumerate(range(0, len(rows), rows_per_shard)):
+        table = pa.Table.from_pylist(rows[start : start + rows_per_shard], schema=SCHEMA)
+        pq.write_table(table, directory / f"part-{shard:05d}.parquet")
+    return directory
+
+
+def tiled_demo_rows(count: int, base: int = 64) -> list[dict[str, Any]]:
+    """The demo's mixed rows (text, image, audio, video, image+audio, a few broken ones), repeated
+    with fresh ids: the scale benchmark's input, as cheap to make at 100x as at 1x."""
+    template = demo_rows(min(base, count))
+    return [{**template[i % len(template)], "id": f"scale-{i:07d}"} for i in range(count)]
+
+
+# --------------------------------------------------------------------------- timing and load
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def wait_for_quiet(max_load: float, timeout_s: float) -> dict[str, float]:
+    """Wait (up to timeout_s) for the 1-minute load average to drop to max_load; report what it was."""
+    started = time.time()
+    first = load_average()
+    while load_average() > max_load and time.time() - started < timeout_s:
+        time.sleep(5)
+    return {"load_at_start": round(first, 2), "load_when_started": round(load_average(), 2),
+            "waited_s": round(time.time() - started, 1)}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class MemorySampler:
+    """Samples the RSS of this process (the driver) and of all its descendants (Ray's raylet, GCS
+    and worker processes of an embedded Ray) every `interval` seconds, keeping the peaks.
+
+    RSS counts shared pages (the object store's shared memory) once per process mapping them,
+    so `peak_total_pss` (proportional set size, shared pages split) is given beside it.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import psutil
+
+        self._me = psutil.Process()
+        self.interval = interval
+        self.peak = {"driver_rss": 0, "workers_rss": 0, "total_rss": 0, "total_pss": 0}
+        self.peak_processes = 0  # Ray processes (raylet, GCS, workers) alive at once, at most
+        self.at_peak: dict[str, dict[str, float]] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        driver = self._me.memory_info().rss
+        workers = pss = 0
+        processes = [self._me, *self._me.children(recursive=True)]
+        self.peak_processes = max(self.peak_processes, len(processes) - 1)
+        by_name: dict[str, list[int]] = {}
+        for process in processes:
+            try:
+                if process.pid != self._me.pid:
+                    rss = process.memory_info().rss
+                    workers += rss
+                    by_name.setdefault(_process_label(process), []).append(rss)
+                pss += getattr(process.memory_full_info(), "pss", 0)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        if driver + workers > self.peak["total_rss"]:  # what the peak was made of
+            self.at_peak = {name: {"processes": len(v), "rss_mib": round(sum(v) / 2**20, 1)}
+                            for name, v in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))}
+        for key, value in (("driver_rss", driver), ("workers_rss", workers), ("total_rss", driver + workers),
+                           ("total_pss", pss)):
+            self.peak[key] = max(self.peak[key], value)
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peaks_mib(self) -> dict[str, float]:
+        peaks = {f"peak_{key}_mib": round(value / 2**20, 1) for key, value in self.peak.items()}
+        return {**peaks, "peak_processes": self.peak_processes, "rss_at_peak_by_process": self.at_peak}
+
+
+def _process_label(process: Any) -> str:
+    """A Ray process's kind: its title (ray::IDLE, ray::MapWorker(...)) or executable name."""
+    title = process.name()
+    if title.startswith("ray::"):
+        return title.split(".")[0][:60]
+    cmdline = process.cmdline()
+    script = next((Path(part).name for part in cmdline[1:3] if part.endswith(".py")), None)
+    return script or title

@@ -1,0 +1,122 @@
+"""3. Decode stages: the DecodeStage inside Ray vs. a plain single-process loop over the same files.
+
+For each media kind, one dataset of rows holding only that kind (typical sizes, embedded bytes):
+- loop: read the shards with pyarrow, then `load_media_bytes` + `decode_*` row after row, in this
+  process, single-threaded (its CPU time is reported beside its wall time);
+- Ray: read_parquet -> the pipeline's own `apply_stage(DecodeStage)` on the bench's embedded Ray,
+  with warm workers. Throughput is taken over the stage's active window (first batch started ..
+  last batch finished, stamped by a bench-only subclass) and divided by the machine's cores, so
+  it is per core; the end-to-end time (Ray Data start-up included) is reported beside it.
+Units: images/s, seconds of (16 kHz) audio/s, sampled video frames/s.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.common import RAY_CPUS, bench_config, media_rows, median, ray_session, write_shards
+from pipelines.config import RunConfig
+from stages import media as media_ops
+from stages.decode import DecodeStage
+
+UNITS = {"image": "images/s", "audio": "audio s/s", "video": "frames/s"}
+
+
+class StampedDecode(DecodeStage):
+    """DecodeStage that also stamps each output batch with when it started and finished."""
+
+    def process(self, table: pa.Table) -> pa.Table:
+        started = time.time()
+        out = super().process(table)
+        finished = time.time()
+        return out.append_column("_started", pa.array([started] * out.num_rows, pa.float64())).append_column(
+            "_finished", pa.array([finished] * out.num_rows, pa.float64()))
+
+
+def units_of(kind: str, decoded: Any) -> float:
+    if kind == "image":
+        return 1.0
+    if kind == "audio":
+        return len(decoded) / 16_000
+    return float(decoded[0].shape[0])  # video: (frames, fps)
+
+
+def plain_loop(cfg: RunConfig, directory: Path, kind: str) -> dict[str, Any]:
+    decoder = {"image": media_ops.decode_image, "audio": media_ops.decode_audio, "video": media_ops.decode_video}[kind]
+    wall, cpu = time.perf_counter(), time.process_time()
+    values = pq.read_table(directory, columns=[kind]).column(kind).to_pylist()
+    units = 0.0
+    for value in values:
+        data = media_ops.load_media_bytes(value, media_roots=cfg.input.media_roots,
+                                          allowed_schemes=cfg.input.allowed_schemes, max_bytes=cfg.media.max_media_bytes)
+        units += units_of(kind, decoder(data, cfg.media))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"rows": len(values), "units": units, "wall_s": wall, "cpu_s": cpu, "per_core": units / wall}
+
+
+def in_ray(cfg: RunConfig, directory: Path, units_per_row: float, cores: int) -> dict[str, Any]:
+    import ray
+
+    from pipelines.adapter import apply_stage
+
+    stage = StampedDecode(cfg.media, cfg.input, batch_size=cfg.decode_batch_size)
+    started = time.time()
+    dataset = apply_stage(ray.data.read_parquet(str(directory)), stage)
+    rows, errors, spans = 0, 0, set()
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        rows += batch.num_rows
+        spans |= set(zip(batch.column("_started").to_pylist(), batch.column("_finished").to_pylist()))
+        errors += batch.num_rows - batch.column("error_stage").null_count
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    wall = time.time() - started
+    window = last - first
+    units = rows * units_per_row
+    return {"rows": rows, "errors": errors, "units": units, "wall_s": wall, "window_s": window,
+            "per_core": units / window / cores, "per_core_end_to_end": units / wall / cores,
+            # batches being decoded at once, on average over the window (at most `cores` get a core each)
+            "mean_concurrency": sum(e - s for s, e in spans) / window,
+            # units per second a batch was in the stage's hands: its own cost, scheduling gaps excluded
+            "per_busy_second": units / sum(e - s for s, e in spans)}
+
+
+def run(args: Any, work: Path) -> dict[str, Any]:
+    cores = len(os.sched_getaffinity(0))
+    media_ops.preload()
+    results: dict[str, Any] = {}
+    with ray_session():
+        for kind in ("image", "audio", "video"):
+            directory = write_shards(work / kind, media_rows(args.decode_rows[kind], [kind]), rows_per_shard=32)
+            cfg = bench_config(directory, work / "unused", args.overrides, demo=False)
+            in_ray(cfg, directory, 1.0, cores)  # warm-up: worker processes start and import once
+            loops, rays = [], []
+            for _ in range(args.repeats):  # interleaved
+                loops.append(plain_loop(cfg, directory, kind))
+                units_per_row = loops[-1]["units"] / loops[-1]["rows"]
+                rays.append(in_ray(cfg, directory, units_per_row, cores))
+                if rays[-1]["errors"]:
+                    raise RuntimeError(f"decode benchmark rows failed ({kind}): {rays[-1]['errors']}")
+            loop_pc, ray_pc = median([r["per_core"] for r in loops]), median([r["per_core"] for r in rays])
+            results[kind] = {
+                "unit": UNITS[kind],
+                "loop_per_core": loop_pc,
+                "ray_per_core": ray_pc,
+                "ratio": ray_pc / loop_pc,
+                "ray_total": ray_pc * cores,
+                "ray_per_core_end_to_end": median([r["per_core_end_to_end"] for r in rays]),
+                "ray_mean_concurrency": median([r["mean_concurrency"] for r in rays]),
+                "ray_per_busy_second": median([r["per_busy_second"] for r in rays]),
+                "loop_cpu_per_wall": median([r["cpu_s"] / r["wall_s"] for r in loops]),
+                "cpu_s_per_row": median([r["cpu_s"] / r["rows"] for r in loops]),
+                "wall_s_per_row": median([r["wall_s"] / r["rows"] for r in loops]),
+                "runs": {"loop": loops, "ray": rays},
+            }
+            print(f"  decode [{kind}]: loop {loop_pc:.1f} {UNITS[kind]}, Ray {ray_pc:.1f} per core "
+                  f"({ray_pc / loop_pc:.2f}x)", flush=True)
+    worst = min(results, key=lambda k: results[k]["ratio"])
+    return {"decode_ratio": results[worst]["ratio"], "worst_stage": worst, "cores": cores,
+            "ray_logical_cpus": RAY_CPUS, "decode_batch_size": cfg.decode_batch_size, "stages": results}

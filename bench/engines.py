@@ -1,0 +1,229 @@
+"""Engine factories the benchmarks hand to `run_curation`; Ray workers import them from here.
+
+`MeteredFactory` wraps any engine factory (the production `VllmEngineFactory`, or `SimFactory`
+for a `SimulatedEngine`) in a `MeteredEngine`, which counts requests and output tokens, records
+the engine's active window (first request submitted .. last one completed) and its slot
+occupancy, and writes those figures to a JSON file in `stats_dir`. The engine lives in the judge
+actor, so the file is how the numbers reach the driver: it is written, before the caller sees the
+result, every time the engine runs out of work (so always after the last completion) and on
+shutdown.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from stages.engine_api import Completion, Engine, JudgeRequest
+from stages.simulated_engine import LatencyModel, SimulatedEngine
+
+
+class MeteredEngine:
+    def __init__(self, inner: Engine, stats_path: Path, slots: int | None, startup_s: float,
+                 timeline: bool = False) -> None:
+        self.inner = inner
+        self.stats_path = stats_path
+        self.slots = slots  # engine batch slots, for occupancy (None: unknown, not reported)
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.stats: dict[str, Any] = {
+            "pid": os.getpid(), "startup_s": startup_s, "submitted": 0, "completed": 0, "failed": 0,
+            "output_tokens": 0, "prompt_tokens": 0, "first_submit": None, "last_done": None,
+            "slot_seconds": 0.0, "inflight_seconds": 0.0, "max_in_flight": 0,
+        }
+        self._in_flight = 0
+        self._since = time.time()
+        self.timeline: list[tuple[float, int]] | None = [] if timeline else None  # (time, requests held)
+
+    def _advance(self, now: float) -> None:
+        """Integrate requests in flight, and min(in flight, slots): the slot-seconds with work."""
+        if self.slots:
+            self.stats["slot_seconds"] += min(self._in_flight, self.slots) * (now - self._since)
+        self.stats["inflight_seconds"] += self._in_flight * (now - self._since)
+        self._since = now
+        if self.timeline is not None:
+            self.timeline.append((now, self._in_flight))
+
+    def submit(self, request: JudgeRequest) -> "Future[Completion]":
+        outer: Future[Completion] = Future()
+        with self._lock:
+            now = time.time()
+            self._advance(now)
+            self._in_flight += 1
+            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
+            self.stats["submitted"] += 1
+            if self.stats["first_submit"] is None:
+                self.stats["first_submit"] = now
+        self.inner.submit(request).add_done_callback(lambda inner: self._done(inner, outer))
+        return outer
+
+    def _done(self, inner: "Future[Completion]", outer: "Future[Completion]") -> None:
+        try:
+            error = inner.exception()
+            with self._lock:
+                now = time.time()
+                self._advance(now)
+                self._in_flight -= 1
+                self.stats["last_done"] = now
+                if error is None:
+                    completion = inner.result()
+                    self.stats["completed"] += 1
+                    self.stats["output_tokens"] += completion.output_tokens
+                    self.stats["prompt_tokens"] += completion.prompt_tokens
+                else:
+                    self.stats["failed"] += 1
+                idle = self._in_flight == 0
+            if idle:
+                self.write()  # before the caller learns of the result: the driver reads it after the run
+        finally:  # whatever happened above, the caller must get its result
+            if inner.exception() is None:
+                outer.set_result(inner.result())
+            else:
+                outer.set_exception(inner.exception())
+
+    def write(self) -> None:
+        with self._write_lock:  # completions resolve on many threads; one writer at a time
+            with self._lock:
+                stats = dict(self.stats)
+                busy = getattr(self.inner, "busy_seconds", None)  # SimulatedEngine's time with work in service
+                if busy is not None:
+                    stats["busy_seconds"] = busy
+                if self.slots:
+                    stats["slots"] = self.slots
+                if self.timeline is not None:
+                    stats["timeline"] = list(self.timeline)
+            temporary = self.stats_path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(stats))
+            temporary.replace(self.stats_path)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+        self.write()
+
+
+@dataclass
+class MeteredFactory:
+    """Builds `inner()` in the judge actor, optionally runs `warmup` through it (part of start-up,
+    as the raw baseline's warm-up call is), and returns it metered."""
+
+    inner: Callable[[], Engine]
+    stats_dir: str
+    slots: int | None = None
+    warmup: JudgeRequest | None = None
+    timeline: bool = False
+
+    def __call__(self) -> MeteredEngine:
+        started = time.time()
+        engine = self.inner()
+        if self.warmup is not None:
+            engine.submit(self.warmup).result()
+        path = Path(self.stats_dir) / f"engine-{os.getpid()}-{uuid.uuid4().hex[:6]}.json"
+        metered = MeteredEngine(engine, path, self.slots, startup_s=time.time() - started, timeline=self.timeline)
+        metered.write()
+        return metered
+
+
+@dataclass
+class SimFactory:
+    """A SimulatedEngine with `concurrency` slots and per-request latency from `latency`."""
+
+    latency: LatencyModel
+    concurrency: int = 64
+
+    def __call__(self) -> SimulatedEngine:
+        return SimulatedEngine(latency=self.latency, concurrency=self.concurrency, seed=os.getpid())
+
+
+def read_stats(stats_dir: Path) -> dict[str, Any]:
+    """The metered engines' figures summed over replicas; `window_s` spans all of them."""
+    parts = [json.loads(p.read_text()) for p in sorted(stats_dir.glob("engine-*.json"))]
+    if not parts:
+        raise RuntimeError(f"no engine stats in {stats_dir}: did the judge actor start?")
+    total: dict[str, Any] = {"replicas": len(parts)}
+    for key in ("submitted", "completed", "failed", "output_tokens", "prompt_tokens", "slot_seconds", "busy_seconds",
+                "inflight_seconds"):
+        if any(key in p for p in parts):
+            total[key] = sum(p.get(key, 0) for p in parts)
+    starts = [p["first_submit"] for p in parts if p["first_submit"]]
+    ends = [p["last_done"] for p in parts if p["last_done"]]
+    total["first_submit"], total["last_done"] = min(starts), max(ends)
+    total["window_s"] = max(ends) - min(starts)
+    total["startup_s"] = max(p["startup_s"] for p in parts)
+    total["max_in_flight"] = max(p["max_in_flight"] for p in parts)
+    total["per_replica"] = parts
+    return total
+
+
+# --------------------------------------------------------------------------- bench-only experiment
+
+
+def prerendered_engine_class() -> type:
+    """VllmEngine with input preprocessing moved off the engine thread (a bench-only experiment).
+
+    VllmEngine renders each request (tokenisation, the model's HF multimodal processor) on its
+    engine thread, between `step()` calls. This variant renders in `submit`, on the caller's
+    thread (the judge's batch threads; one at a time, vLLM's renderer and its media cache are not
+    known to be thread-safe), so the engine thread only adds ready inputs and steps.
+    """
+    from stages.engine_api import RequestRejected
+    from stages.vllm_engine import VllmEngine, _Pending, to_vllm_prompt
+
+    class PrerenderedVllmEngine(VllmEngine):
+        _render_lock = threading.Lock()
+
+        def submit(self, request: JudgeRequest) -> "Future[Completion]":
+            from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+            future: Future[Completion] = Future()
+            try:
+                with self._render_lock:
+                    prompt = parse_model_prompt(self._llm.model_config,
+                                                to_vllm_prompt(request, self._config.resolved_family()))
+                    (rendered,) = self._llm.renderer.render_cmpl([prompt], self._tok_params)
+            except Exception as exc:  # noqa: BLE001 - as VllmEngine._add: this request only
+                future.set_exception(RequestRejected(f"request {request.request_id!r} rejected: "
+                                                     f"{type(exc).__name__}: {exc}"))
+                return future
+            pending = _Pending(request, future)
+            pending.rendered = rendered  # type: ignore[attr-defined]
+            with self._cond:
+                if self._dead is not None or self._stopping:
+                    future.set_exception(self._dead_error())
+                    return future
+                self._queue.append(pending)
+                self._cond.notify()
+            return future
+
+        def _add(self, pending: Any) -> None:
+            if not pending.future.set_running_or_notify_cancel():
+                return
+            pending.key = f"{next(self._keys)}:{pending.request.request_id}"
+            try:
+                self._llm.add_request(pending.key, pending.rendered, self._sampling_params(pending.request))
+            except Exception as exc:  # noqa: BLE001
+                pending.future.set_exception(RequestRejected(f"{type(exc).__name__}: {exc}"))
+                return
+            self._running[pending.key] = pending
+
+    return PrerenderedVllmEngine
+
+
+@dataclass
+class PrerenderedFactory:
+    """Builds `prerendered_engine_class()` with the arguments the pipeline's own factory would use."""
+
+    pipeline_factory: Any  # stages.judge's configured factory: .judge and .guided_regex
+
+    def __call__(self) -> Engine:
+        judge = self.pipeline_factory.judge
+        return prerendered_engine_class()(
+            judge.engine, judge.sampling, guided_regex=self.pipeline_factory.guided_regex,
+            tensor_parallel_size=judge.tensor_parallel_size,
+            cpu_threads=judge.engine.cpu_threads or max(1, int(judge.cpus_per_replica)),
+        )

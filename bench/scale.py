@@ -1,0 +1,72 @@
+"""4. Scale: wall time and peak memory at 1x, 10x and 100x rows, simulated engine.
+
+Input: the demo's mixed rows (text, image, audio, video, image+audio, a few broken ones), tiled
+with fresh ids, in shards of 64 rows. The engine answers at once (no simulated latency), so the
+run is as CPU-bound as the plan allows. Each size runs on a fresh embedded Ray while a sampler
+thread records the peak RSS of the driver and of every Ray process (raylet, GCS, workers).
+Streaming means time grows linearly (a constant start-up plus a per-row cost) and memory stays
+flat; a driver-side collection or a full materialisation would show as memory growing with rows.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import MemorySampler, bench_config, gpus_for, ray_session, tiled_demo_rows, write_shards
+from bench.engines import SimFactory
+from stages.simulated_engine import LatencyModel
+
+
+def run_size(rows: int, work: Path, overrides: list[str]) -> dict[str, Any]:
+    from pipelines.curate import run_curation
+
+    input_dir = write_shards(work / "input", tiled_demo_rows(rows))
+    cfg = bench_config(input_dir, work / "output", overrides, demo=False, device="cuda")
+    factory = SimFactory(LatencyModel(), concurrency=64)  # answers at once; not metered (no per-request cost)
+    with MemorySampler() as memory:
+        with ray_session(num_gpus=gpus_for(cfg)) as ray_init_s:
+            started = time.time()
+            result = run_curation(cfg, engine_factory=factory)
+            wall = time.time() - started
+    if result.report["status"] != "succeeded":
+        raise RuntimeError(f"scale run at {rows} rows: {result.report['status']}")
+    shutil.rmtree(work / "output", ignore_errors=True)
+    return {"rows": rows, "wall_s": wall, "ray_init_s": ray_init_s, "rows_per_s": rows / wall,
+            "counts": result.report["counts"], "memory_samples": memory.samples, **memory.peaks_mib()}
+
+
+def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
+    """Least-squares wall_s = fixed + per_row * rows."""
+    n = len(points)
+    xs, ys = [p["rows"] for p in points], [p["wall_s"] for p in points]
+    mx, my = sum(xs) / n, sum(ys) / n
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope
+
+
+def run(args: Any, work: Path) -> dict[str, Any]:
+    points = []
+    for factor in (1, 10, 100):
+        point = run_size(args.scale_base * factor, work / f"x{factor}", list(args.overrides))
+        point["factor"] = factor
+        points.append(point)
+        print(f"  scale {factor}x ({point['rows']} rows): {point['wall_s']:.1f} s, "
+              f"peak RSS {point['peak_total_rss_mib']:.0f} MiB (driver {point['peak_driver_rss_mib']:.0f})",
+              flush=True)
+    one, ten, hundred = points
+    fixed, per_row = _fit(points)
+    return {
+        "memory_growth": hundred["peak_total_rss_mib"] / one["peak_total_rss_mib"],
+        "memory_growth_pss": hundred["peak_total_pss_mib"] / one["peak_total_pss_mib"],
+        "memory_growth_10x_to_100x": hundred["peak_total_rss_mib"] / ten["peak_total_rss_mib"],
+        "driver_memory_growth": hundred["peak_driver_rss_mib"] / one["peak_driver_rss_mib"],
+        "time_growth_1x_to_100x": hundred["wall_s"] / one["wall_s"],
+        # Marginal seconds per row, between 1x and 10x and between 10x and 100x: equal when linear.
+        "marginal_ms_per_row_1x_10x": 1000 * (ten["wall_s"] - one["wall_s"]) / (ten["rows"] - one["rows"]),
+        "marginal_ms_per_row_10x_100x": 1000 * (hundred["wall_s"] - ten["wall_s"]) / (hundred["rows"] - ten["rows"]),
+        "fit_fixed_s": fixed,
+        "fit_ms_per_row": 1000 * per_row,
+        "points": points,
+    }

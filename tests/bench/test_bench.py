@@ -1,0 +1,58 @@
+"""The benchmark harness runs end to end on tiny inputs and writes its results (no timing checks)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import scale
+from bench.feeding import MIXES, latency_for, mean_tokens, sizing
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(out: Path, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out", str(out), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / "results.md").read_text().startswith("# flexcurate benchmarks")
+    return json.loads((out / "results.json").read_text())
+
+
+def test_simulated_replica_speed_and_sizing_arithmetic():
+    latency = latency_for(rows_per_s=10, concurrency=64)
+    # 64 slots, 2 requests a row: each request takes 3.2 s on average.
+    assert latency.seconds_per_token * mean_tokens() == pytest.approx(3.2)
+    table = sizing({"image": 0.01, "audio": 0.02, "video": 0.04}, ray_per_core_ratio=1.0, gpu_rows_per_s=7,
+                   utilisation=1.0)["table"]
+    assert [row["mix"] for row in table] == list(MIXES)
+    assert table[0]["decode_cpus_per_replica"] == pytest.approx(0.07)  # 7 rows/s x 10 ms
+    assert table[3]["decode_ms_per_row"] == pytest.approx((10 + 20 + 40 + 30) / 4)
+    assert scale._fit([{"rows": 1, "wall_s": 3.0}, {"rows": 10, "wall_s": 12.0}, {"rows": 100, "wall_s": 102.0}]) == \
+        pytest.approx((2.0, 1.0))
+
+
+@pytest.mark.e2e
+def test_harness_without_the_real_engine(tmp_path):
+    results = run_bench(tmp_path, "--only", "decode,feeding,scale")
+    for key in ("engine_busy_fraction", "decode_ratio", "memory_growth"):
+        assert isinstance(results[key], float) and key in results["targets"]
+    assert set(results["decode"]["stages"]) == {"image", "audio", "video"}
+    assert [p["factor"] for p in results["scale"]["points"]] == [1, 10, 100]
+    assert len(results["sizing"]["table"]) == len(MIXES)
+    assert "engine_efficiency" not in results
+
+
+@pytest.mark.engine
+@pytest.mark.e2e
+def test_engine_benchmark_against_raw_vllm(tmp_path):
+    pytest.importorskip("vllm")
+    results = run_bench(tmp_path, "--only", "engine")
+    engine = results["engine"]
+    assert results["engine_efficiency"] == engine["engine_efficiency"] > 0
+    raw, pipeline = engine["runs"]["raw"][str(engine["engine_threads"])][0], engine["runs"]["pipeline"]["default"][0]
+    assert raw["requests"] == pipeline["requests"] == 2 * engine["rows"]  # both answer orders, both sides
+    assert raw["torch_threads"] == engine["engine_threads"]
