@@ -3,7 +3,7 @@
 For each media kind, one dataset of rows holding only that kind (typical sizes, embedded bytes):
 - loop: read the shards with pyarrow, then `load_media_bytes` + `decode_*` row after row, in this
   process, single-threaded (its CPU time is reported beside its wall time);
-- Ray: read_parquet -> the pipeline's own `apply_stage(DecodeStage)` on the bench's embedded Ray,
+- Ray: the pipeline's own `read_rows` -> `apply_stage(DecodeStage)` on the bench's embedded Ray,
   with warm workers. Throughput is taken over the stage's active window (first batch started ..
   last batch finished, stamped by a bench-only subclass) and divided by the machine's cores, so
   it is per core; the end-to-end time (Ray Data start-up included) is reported beside it.
@@ -60,13 +60,11 @@ def plain_loop(cfg: RunConfig, directory: Path, kind: str) -> dict[str, Any]:
 
 
 def in_ray(cfg: RunConfig, directory: Path, units_per_row: float, cores: int) -> dict[str, Any]:
-    import ray
-
-    from pipelines.adapter import apply_stage
+    from pipelines.adapter import apply_stage, read_rows
 
     stage = StampedDecode(cfg.media, cfg.input, batch_size=cfg.decode_batch_size)
     started = time.time()
-    dataset = apply_stage(ray.data.read_parquet(str(directory)), stage)
+    dataset = apply_stage(read_rows([str(directory)], None, cfg.decode_batch_size), stage)
     rows, errors, spans = 0, 0, set()
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         rows += batch.num_rows

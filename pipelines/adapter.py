@@ -106,6 +106,19 @@ class _ActorStage:
         self.stage.close()
 
 
+def read_rows(paths: list[str], filesystem: Any, rows_per_block: int) -> Dataset:
+    """The shards' rows as blocks of at most `rows_per_block` rows.
+
+    Ray Data packs row groups into read tasks of up to 128 MiB with one output block each; with
+    media columns that is hundreds of rows, and a map stage runs one task per block, so a shard's
+    media would decode serially on one core while the others idle. A streaming repartition (block
+    slicing, no shuffle) cuts the blocks to the first stages' batch size: CPU stages run one task per
+    batch, in parallel, and the judge receives batch-sized bundles.
+    """
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem)
+    return dataset.repartition(target_num_rows_per_block=rows_per_block)
+
+
 def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None, ledger: Any | None = None) -> Dataset:
     common: dict[str, Any] = dict(
         batch_size=stage.batch_size,

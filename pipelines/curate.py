@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import ray
 
-from pipelines.adapter import apply_stage, start_metrics
+from pipelines.adapter import apply_stage, read_rows, start_metrics
 from pipelines.config import RunConfig
 from pipelines.duplicates import find_duplicate_ids, settle_duplicates
 from pipelines.incremental import load_state, partition, plan_night, record_night
@@ -50,7 +50,7 @@ def build_stages(
     skip_ids: frozenset[str] = frozenset(),
 ) -> list[Stage]:
     return [
-        NormalizeStage(cfg.mode, cfg.input, skip_ids=skip_ids),
+        NormalizeStage(cfg.mode, cfg.input, batch_size=cfg.decode_batch_size, skip_ids=skip_ids),
         DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size),
         JudgeStage(cfg.mode, cfg.judge, engine_factory=engine_factory),
         LabelStage(cfg.mode, cfg.filter),
@@ -102,7 +102,7 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
 
     metrics, ledger = start_metrics(), start_ledger()
     try:
-        dataset = ray.data.read_parquet(shards.paths, filesystem=shards.filesystem)
+        dataset = read_rows(shards.paths, shards.filesystem, cfg.decode_batch_size)
         for stage in stages:
             dataset = apply_stage(dataset, stage, metrics, ledger)
         progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics)

@@ -68,3 +68,15 @@ def test_error_budget_fails_the_run_but_writes_the_report(tmp_path, ray_session)
     result = run_curation(cfg, engine_factory=simulated_engine)
     assert result.report["status"] == "failed_error_budget"
     assert (tmp_path / "output" / "report.json").exists() and not (tmp_path / "output" / "_SUCCESS").exists()
+
+
+def test_one_large_shard_is_read_as_batch_sized_blocks(tmp_path, ray_session):
+    # Ray Data reads a shard's row groups as one block; a map stage runs one task per block, so
+    # without the split one shard's media would decode serially on a single core.
+    from pipelines.adapter import read_rows
+
+    write_demo_shards(tmp_path / "input", 40, shards=1)
+    blocks = [batch.num_rows for batch in read_rows([str(tmp_path / "input")], None, 8).iter_batches(
+        batch_format="pyarrow", batch_size=None)]
+    assert sum(blocks) == 40
+    assert len(blocks) >= 5 and max(blocks) <= 8
