@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sim-rows-per-s", type=float, default=25.0,
                         help="simulated replica speed when kept full, rows/s (default 25)")
     parser.add_argument("--sim-concurrency", type=int, default=64, help="simulated replica slots (default 64)")
+    parser.add_argument("--feeding-rows", type=int, help="rows per feeding run (default: by size, quick 600)")
     parser.add_argument("--gpu-rows-per-s", type=float, default=3.0,
                         help="assumed judge throughput of one GPU replica, rows/s, for the decode sizing "
                              "table (default 3: Flex-Omni-7B on one H100, ~500 output tokens a verdict, "
@@ -161,7 +162,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key, value in SIZES[args.size].items():
-        if key == "repeats" and args.repeats:
+        if key in ("repeats", "feeding_rows") and getattr(args, key):
             continue
         setattr(args, key, value)
     args.media_profile = args.media_profile or ("typical" if args.device == "cuda" else "small")

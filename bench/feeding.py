@@ -72,7 +72,9 @@ def run_once(rows_dir: Path, work: Path, overrides: list[str], latency: LatencyM
     stats_dir = work / "engine-stats"
     shutil.rmtree(stats_dir, ignore_errors=True)
     stats_dir.mkdir(parents=True)
-    cfg = bench_config(rows_dir, work / "output", config_sets(overrides), demo=False, device="cuda")
+    # The engine's slot count, as a vLLM replica's max_num_seqs, for settings derived from it.
+    sets = [f"judge.engine.max_num_seqs={concurrency}", *config_sets(overrides)]
+    cfg = bench_config(rows_dir, work / "output", sets, demo=False, device="cuda")
     factory = MeteredFactory(SimFactory(latency, concurrency), str(stats_dir), slots=concurrency)
     with bench_settings(overrides):
         started = time.time()

@@ -172,8 +172,12 @@ class JudgeConfig(_Section):
     replicas: int = Field(default=1, ge=1, description="Fixed number of judge actors (engine replicas).")
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per replica.")
     batch_size: int = Field(default=32, ge=1, description="Rows per batch handed to a replica.")
-    batches_in_flight: int = Field(
-        default=4, ge=1, description="Batches a replica holds at once, so its engine never waits for the next."
+    batches_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="Batches a replica holds at once, so its engine never waits for the next. None: enough "
+        "that the replica holds about 8x engine.max_num_seqs requests (a batch returns when its slowest "
+        "verdict does, so most of a batch's slots sit idle while its long tail decodes).",
     )
     cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs reserved per judge actor.")
     resources: dict[str, float] = Field(

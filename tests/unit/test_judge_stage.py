@@ -146,3 +146,14 @@ def test_label_drops_single_below_min_score():
     judged = judge(single_judge, [{"id": "s", "response": "fine"}], mode="single")
     [row] = LabelStage("single", FilterConfig(min_score=4.5)).process(judged).to_pylist()
     assert row["drop_reason"] == "score_below_min"
+
+
+def test_replica_holds_enough_batches_to_keep_its_engine_slots_full():
+    gpu_defaults = JudgeStage("pairwise", JudgeConfig())  # 256 slots, 32 rows x 2 orders a batch
+    assert gpu_defaults.batches_in_flight * 32 * 2 >= 8 * 256
+    single = JudgeStage("single", JudgeConfig())  # one request a row: twice the batches
+    assert single.batches_in_flight == 2 * gpu_defaults.batches_in_flight
+    small = JudgeStage("pairwise", JudgeConfig.model_validate({"engine": {"max_num_seqs": 4}, "batch_size": 64}))
+    assert small.batches_in_flight == 2  # never a single batch: the next one is always in hand
+    explicit = JudgeStage("pairwise", JudgeConfig(batches_in_flight=3))
+    assert explicit.batches_in_flight == 3
