@@ -44,7 +44,7 @@ class DecodeStage(RowStage):
         self.media, self.input, self.batch_size = media, input, batch_size
 
     def setup(self) -> None:
-        media_ops.preload()  # pay the qwen-omni-utils / torchvision import once per worker
+        media_ops.preload()
 
     def _load(self, row: dict[str, Any], kind: str) -> bytes | None:
         try:

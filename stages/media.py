@@ -74,7 +74,7 @@ import os
 import posixpath
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -297,20 +297,37 @@ def _read_file(place: _Place, max_bytes: int) -> bytes | None:
 # --------------------------------------------------------------------------- Qwen's resize rule
 
 
-@functools.cache
-def _smart_resize() -> Callable[..., tuple[int, int]]:
-    """qwen-omni-utils' smart_resize; importing it imports torchvision (shimmed on CPU torch)."""
-    from stages.torchvision_compat import ensure_torchvision_importable
+MAX_ASPECT_RATIO = 200  # qwen-omni-utils' MAX_RATIO
 
-    ensure_torchvision_importable()
-    from qwen_omni_utils.v2_5.vision_process import smart_resize
 
-    return smart_resize
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """qwen-omni-utils' `smart_resize` (v2_5.vision_process), the rule the model was trained with:
+    both sides a multiple of `factor`, the area within [min_pixels, max_pixels], the aspect ratio
+    kept. Restated here because importing it imports torch and torchvision, which would cost every
+    CPU decode worker ~270 MiB and seconds of start-up; tests/unit/test_media.py pins it to the
+    original over many shapes."""
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 
 def preload() -> None:
-    """Import smart_resize (and with it torch/torchvision) now rather than on the first image."""
-    _smart_resize()
+    """Import the decoders now rather than on a worker's first row."""
+    import av  # noqa: F401
+    import soundfile  # noqa: F401
+    from PIL import Image
+
+    Image.init()
 
 
 def resized_shape(height: int, width: int, min_pixels: int, max_pixels: int, kind: str) -> tuple[int, int]:
@@ -318,7 +335,7 @@ def resized_shape(height: int, width: int, min_pixels: int, max_pixels: int, kin
     if min(height, width) < 1 or max(height, width) < MIN_SOURCE_SIDE:
         raise MediaError(f"{kind}_too_small", f"{width}x{height} is under {MIN_SOURCE_SIDE} pixels on both sides")
     try:
-        new_height, new_width = _smart_resize()(height, width, FACTOR, min_pixels, max_pixels)
+        new_height, new_width = smart_resize(height, width, FACTOR, min_pixels, max_pixels)
     except ValueError as exc:
         raise MediaError(f"{kind}_aspect_ratio", f"cannot resize {width}x{height}", exc) from exc
     if new_height < 1 or new_width < 1:

@@ -8,6 +8,8 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from jobs import synthetic_media as sm
@@ -162,6 +164,44 @@ def test_resized_shape_rules():
     # a 200:1 strip bounded to 224*224 rounds its short side to zero in smart_resize
     assert reason_of(media.resized_shape, 30, 6000, 3136, 224 * 224, "video").reason == "video_aspect_ratio"
     assert reason_of(media.resized_shape, 10, 3000, 3136, 200704, "image").reason == "image_aspect_ratio"
+
+
+
+def qwen_smart_resize():
+    pytest.importorskip("torch")
+    from stages.torchvision_compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from qwen_omni_utils.v2_5.vision_process import smart_resize
+
+    return smart_resize
+
+
+@given(st.integers(1, 20000), st.integers(1, 20000),
+       st.sampled_from([(4 * 28 * 28, 448 * 448), (4 * 28 * 28, 224 * 224), (256 * 28 * 28, 1280 * 28 * 28)]))
+@settings(max_examples=3000, deadline=None)
+def test_smart_resize_is_qwens(height, width, bounds):
+    # The model was trained on qwen-omni-utils' rule; ours must give the same shape or refuse the same input.
+    original = qwen_smart_resize()
+    try:
+        expected = original(height, width, media.FACTOR, *bounds)
+    except ValueError:
+        with pytest.raises(ValueError):
+            media.smart_resize(height, width, media.FACTOR, *bounds)
+        return
+    assert media.smart_resize(height, width, media.FACTOR, *bounds) == expected
+
+
+def test_decode_workers_do_not_import_torch():
+    # ~270 MiB and seconds of start-up per CPU worker; only the judge's engine needs torch.
+    import subprocess
+    import sys
+
+    code = ("import sys; from stages import media, decode, normalize; media.preload(); "
+            "print('torch' in sys.modules)")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert result.stdout.strip() == "False"
 
 
 # --------------------------------------------------------------------------- audio
