@@ -129,6 +129,8 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str
         rows.append(("scale: peak memory 100x / 1x", f"{s['memory_growth']:.3f}",
                      f"PSS {s['memory_growth_pss']:.3f}; 100x/10x {s['memory_growth_10x_to_100x']:.3f}",
                      f"{s['memory_growth']:.3f}", "memory_growth"))
+        rows.append(("scale: 100x run, peak RSS 2nd half / 1st half", f"{s['memory_growth_within_100x']:.3f}",
+                     "1.0 (plateau)", f"{s['memory_growth_within_100x']:.3f}", ""))
         rows.append(("scale: ms/row 10x->100x vs 1x->10x", f"{s['marginal_ms_per_row_10x_100x']:.2f}",
                      f"{s['marginal_ms_per_row_1x_10x']:.2f}",
                      f"{s['marginal_ms_per_row_10x_100x'] / s['marginal_ms_per_row_1x_10x']:.2f}", ""))

@@ -260,6 +260,8 @@ class MemorySampler:
         self.peak_processes = 0  # Ray processes (raylet, GCS, workers) alive at once, at most
         self.at_peak: dict[str, dict[str, float]] = {}
         self.samples = 0
+        self.timeline: list[tuple[float, int]] = []  # (seconds since start, total RSS bytes)
+        self._started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
 
@@ -287,6 +289,7 @@ class MemorySampler:
                            ("total_pss", pss)):
             self.peak[key] = max(self.peak[key], value)
         self.samples += 1
+        self.timeline.append((time.time() - self._started, driver + workers))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -300,6 +303,14 @@ class MemorySampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def halves_peak_ratio(self) -> float:
+        """Peak total RSS in the second half of the sampled time / in the first half: about 1 when
+        memory plateaus while rows stream through, above 1 when it keeps growing with rows seen."""
+        end = self.timeline[-1][0]
+        first = max(total for t, total in self.timeline if t <= end / 2)
+        second = max(total for t, total in self.timeline if t > end / 2)
+        return second / first
 
     def peaks_mib(self) -> dict[str, float]:
         peaks = {f"peak_{key}_mib": round(value / 2**20, 1) for key, value in self.peak.items()}
