@@ -117,7 +117,8 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str
     if "decode" in results:
         for kind, d in results["decode"]["stages"].items():
             rows.append((f"decode [{kind}]: {d['unit']} per core", f"Ray {d['ray_per_core']:.1f} ({d['ray_mean_concurrency']:.2f} "
-                         f"batches at once; {d['ray_per_busy_second']:.1f} per busy batch-second)",
+                         f"batches at once; {d['ray_per_busy_second']:.1f} per busy batch-second; CPU s per "
+                         f"loop CPU s: stage {d['stage_cpu_vs_loop']:.2f}, all Ray {d['ray_cpu_vs_loop']:.2f})",
                          f"loop {d['loop_per_core']:.1f}", f"{d['ratio']:.3f}",
                          "decode_ratio" if kind == results["decode"]["worst_stage"] else ""))
     if "scale" in results:

@@ -31,11 +31,27 @@ class StampedDecode(DecodeStage):
     """DecodeStage that also stamps each output batch with when it started and finished."""
 
     def process(self, table: pa.Table) -> pa.Table:
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         out = super().process(table)
-        finished = time.time()
-        return out.append_column("_started", pa.array([started] * out.num_rows, pa.float64())).append_column(
-            "_finished", pa.array([finished] * out.num_rows, pa.float64()))
+        finished, cpu = time.time(), time.process_time() - cpu
+        stamps = {"_started": started, "_finished": finished, "_cpu": cpu}
+        for name, value in stamps.items():
+            out = out.append_column(name, pa.array([value] * out.num_rows, pa.float64()))
+        return out
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds so far of this process (the driver) and of its descendants (raylet, GCS, workers)."""
+    import psutil
+
+    me = psutil.Process()
+    totals = {"driver": sum(me.cpu_times()[:2]), "ray_processes": 0.0}
+    for child in me.children(recursive=True):
+        try:
+            totals["ray_processes"] += sum(child.cpu_times()[:2])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return totals
 
 
 def units_of(kind: str, decoded: Any) -> float:
@@ -63,23 +79,31 @@ def in_ray(cfg: RunConfig, directory: Path, units_per_row: float, cores: int) ->
     from pipelines.adapter import apply_stage, read_rows
 
     stage = StampedDecode(cfg.media, cfg.input, batch_size=cfg.decode_batch_size)
+    cpu_before = cpu_seconds_by_role()
     started = time.time()
     dataset = apply_stage(read_rows([str(directory)], None, cfg.decode_batch_size), stage)
     rows, errors, spans = 0, 0, set()
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         rows += batch.num_rows
-        spans |= set(zip(batch.column("_started").to_pylist(), batch.column("_finished").to_pylist()))
+        spans |= set(zip(*(batch.column(c).to_pylist() for c in ("_started", "_finished", "_cpu"))))
         errors += batch.num_rows - batch.column("error_stage").null_count
-    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    first, last = min(s for s, _, _ in spans), max(e for _, e, _ in spans)
     wall = time.time() - started
+    cpu_after = cpu_seconds_by_role()
     window = last - first
     units = rows * units_per_row
     return {"rows": rows, "errors": errors, "units": units, "wall_s": wall, "window_s": window,
             "per_core": units / window / cores, "per_core_end_to_end": units / wall / cores,
             # batches being decoded at once, on average over the window (at most `cores` get a core each)
-            "mean_concurrency": sum(e - s for s, e in spans) / window,
+            "mean_concurrency": sum(e - s for s, e, _ in spans) / window,
             # units per second a batch was in the stage's hands: its own cost, scheduling gaps excluded
-            "per_busy_second": units / sum(e - s for s, e in spans)}
+            "per_busy_second": units / sum(e - s for s, e, _ in spans),
+            # where the machine's CPU went, start-up to last batch: the stage's own process() calls,
+            # every Ray process (workers: read, repartition, the stage, object store I/O; raylet; GCS),
+            # and the driver (Ray Data's streaming executor, the iterator)
+            "stage_cpu_s": sum(c for _, _, c in spans),
+            "ray_processes_cpu_s": cpu_after["ray_processes"] - cpu_before["ray_processes"],
+            "driver_cpu_s": cpu_after["driver"] - cpu_before["driver"]}
 
 
 def run(args: Any, work: Path) -> dict[str, Any]:
@@ -109,12 +133,17 @@ def run(args: Any, work: Path) -> dict[str, Any]:
                 "ray_mean_concurrency": median([r["mean_concurrency"] for r in rays]),
                 "ray_per_busy_second": median([r["per_busy_second"] for r in rays]),
                 "loop_cpu_per_wall": median([r["cpu_s"] / r["wall_s"] for r in loops]),
+                # CPU seconds per loop CPU second: the stage's own work, and all of Ray's (driver included)
+                "stage_cpu_vs_loop": median([r["stage_cpu_s"] / l["cpu_s"] for r, l in zip(rays, loops)]),
+                "ray_cpu_vs_loop": median([(r["ray_processes_cpu_s"] + r["driver_cpu_s"]) / l["cpu_s"]
+                                           for r, l in zip(rays, loops)]),
                 "cpu_s_per_row": median([r["cpu_s"] / r["rows"] for r in loops]),
                 "wall_s_per_row": median([r["wall_s"] / r["rows"] for r in loops]),
                 "runs": {"loop": loops, "ray": rays},
             }
             print(f"  decode [{kind}]: loop {loop_pc:.1f} {UNITS[kind]}, Ray {ray_pc:.1f} per core "
-                  f"({ray_pc / loop_pc:.2f}x)", flush=True)
+                  f"({ray_pc / loop_pc:.2f}x); CPU vs loop: stage {results[kind]['stage_cpu_vs_loop']:.2f}x, "
+                  f"all Ray {results[kind]['ray_cpu_vs_loop']:.2f}x", flush=True)
     worst = min(results, key=lambda k: results[k]["ratio"])
     return {"decode_ratio": results[worst]["ratio"], "worst_stage": worst, "cores": cores,
             "ray_logical_cpus": RAY_CPUS, "decode_batch_size": cfg.decode_batch_size, "stages": results}
