@@ -80,11 +80,6 @@ def capture_requests(cfg: RunConfig) -> list[JudgeRequest]:
     return recorder.requests
 
 
-def judge_threads(cfg: RunConfig) -> int:
-    """The engine threads the judge actor gets (as stages.judge.VllmEngineFactory computes them)."""
-    return cfg.judge.engine.cpu_threads or max(1, int(cfg.judge.cpus_per_replica))
-
-
 # --------------------------------------------------------------------------- raw side
 
 
@@ -95,7 +90,7 @@ def run_raw(cfg: RunConfig, requests_file: Path, work: Path, regex: str | None) 
         "engine": cfg.judge.engine.model_dump(mode="json"),
         "sampling": cfg.judge.sampling.model_dump(mode="json"),
         "regex": regex,
-        "threads": judge_threads(cfg),
+        "threads": cfg.judge.engine_threads(),
         "tensor_parallel_size": cfg.judge.tensor_parallel_size,
         "requests": str(requests_file),
     }
@@ -238,14 +233,14 @@ def run(args: Any, work: Path) -> dict[str, Any]:
     requests_file = work / "requests.pkl"
     requests_file.write_bytes(pickle.dumps(requests))
     regex = JudgeStage(cfg.mode, cfg.judge).engine_factory.guided_regex  # the pipeline's own regex
-    thread_counts = sorted({judge_threads(c) for c in configs.values()})
+    thread_counts = sorted({c.judge.engine_threads() for c in configs.values()})
 
     raw_runs: dict[int, list[dict[str, Any]]] = {t: [] for t in thread_counts}
     pipe_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     with ray_session() as ray_init_s:
         for repeat in range(repeats):  # interleaved: raw, pipeline (, variants), raw, pipeline, ...
             for threads in thread_counts:
-                raw_cfg = next(c for c in configs.values() if judge_threads(c) == threads)
+                raw_cfg = next(c for c in configs.values() if c.judge.engine_threads() == threads)
                 raw = run_raw(raw_cfg, requests_file, work / f"raw-{threads}-{repeat}", regex)
                 raw.update(_rates(rows, raw, raw["generate_s"]))
                 raw_runs[threads].append(raw)
@@ -263,12 +258,12 @@ def run(args: Any, work: Path) -> dict[str, Any]:
     raw_med = {t: _medians(runs) for t, runs in raw_runs.items()}
     variants = {}
     for name, variant in configs.items():
-        pipe, raw = _medians(pipe_runs[name]), raw_med[judge_threads(variant)]
+        pipe, raw = _medians(pipe_runs[name]), raw_med[variant.judge.engine_threads()]
         variants[name] = {
             "engine_efficiency": pipe["rows_per_s"] / raw["rows_per_s"],
             "engine_efficiency_requests": pipe["requests_per_s"] / raw["requests_per_s"],
             "engine_efficiency_tokens": pipe["output_tokens_per_s"] / raw["output_tokens_per_s"],
-            "engine_threads": judge_threads(variant),
+            "engine_threads": variant.judge.engine_threads(),
             "bench_settings": [x for x in variant_sets[name] if x.startswith("bench.")],
             "settings": {k: getattr(variant.judge, k) for k in ("batch_size", "batches_in_flight", "cpus_per_replica")}
             | {"decode_batch_size": variant.decode_batch_size},

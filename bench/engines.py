@@ -225,5 +225,5 @@ class PrerenderedFactory:
         return prerendered_engine_class()(
             judge.engine, judge.sampling, guided_regex=self.pipeline_factory.guided_regex,
             tensor_parallel_size=judge.tensor_parallel_size,
-            cpu_threads=judge.engine.cpu_threads or max(1, int(judge.cpus_per_replica)),
+            cpu_threads=judge.engine_threads(),
         )

@@ -201,6 +201,10 @@ class JudgeConfig(_Section):
     )
     prefill_think: bool = Field(default=False, description="Start the assistant turn with '<think>\\n' as in training.")
 
+    def engine_threads(self) -> int:
+        """Torch threads of a replica's CPU engine: engine.cpu_threads, else the actor's whole CPUs."""
+        return self.engine.cpu_threads or max(1, int(self.cpus_per_replica))
+
     def structured(self) -> bool:
         if self.structured_output is None:
             return self.engine.device == "cpu"

@@ -75,7 +75,7 @@ class ConfiguredEngineFactory:
             self.judge.sampling,
             guided_regex=self.guided_regex,
             tensor_parallel_size=self.judge.tensor_parallel_size,
-            cpu_threads=engine.cpu_threads or max(1, int(self.judge.cpus_per_replica)),
+            cpu_threads=self.judge.engine_threads(),
         )
 
 
