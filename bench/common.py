@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 
 from jobs import synthetic_media as media
 from jobs.demo import DEMO_CONFIG, QUESTIONS, SCHEMA, demo_rows
+from jobs.runtime import embedded_ray_cpus
 from pipelines.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY_CPUS = 4  # logical CPUs of the embedded Ray, as jobs.runtime.init_ray gives a 2-core machine
 KINDS = ("image", "audio", "video", "image+audio")
 
 
@@ -32,8 +32,9 @@ KINDS = ("image", "audio", "video", "image+audio")
 
 
 @contextmanager
-def ray_session(num_cpus: int = RAY_CPUS, num_gpus: int | None = None) -> Iterator[float]:
-    """A fresh embedded Ray whose workers import this checkout; yields the seconds ray.init took.
+def ray_session(num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[float]:
+    """A fresh embedded Ray whose workers import this checkout, with the logical CPUs the job's
+    embedded Ray gets unless `num_cpus` says otherwise; yields the seconds ray.init took.
 
     num_gpus declares GPUs whether or not the machine has them: the simulated engine's judge actor
     then asks for one, as in production, and Ray lays the plan out as it would on a GPU node.
@@ -43,7 +44,7 @@ def ray_session(num_cpus: int = RAY_CPUS, num_gpus: int | None = None) -> Iterat
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     started = time.perf_counter()
     ray.init(
-        num_cpus=num_cpus,
+        num_cpus=num_cpus or embedded_ray_cpus(),
         num_gpus=num_gpus,
         include_dashboard=False,
         log_to_driver=False,
@@ -136,9 +137,6 @@ def gpus_for(cfg: RunConfig) -> int:
 
 
 # --------------------------------------------------------------------------- input shards
-
-MEDIA_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
 
 # Media sizes. "typical": what web-scraped preference data carries (kept small enough to generate
 # fast): 1024x768 JPEG, 10 s stereo FLAC at 44.1 kHz, 8 s 480x360 MP4 at 24 fps. "small": the

@@ -19,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.common import RAY_CPUS, bench_config, media_rows, median, ray_session, write_shards
+from bench.common import bench_config, media_rows, median, ray_session, write_shards
+from jobs.runtime import embedded_ray_cpus
 from pipelines.config import RunConfig
 from stages import media as media_ops
 from stages.decode import DecodeStage
@@ -146,4 +147,4 @@ def run(args: Any, work: Path) -> dict[str, Any]:
                   f"all Ray {results[kind]['ray_cpu_vs_loop']:.2f}x", flush=True)
     worst = min(results, key=lambda k: results[k]["ratio"])
     return {"decode_ratio": results[worst]["ratio"], "worst_stage": worst, "cores": cores,
-            "ray_logical_cpus": RAY_CPUS, "decode_batch_size": cfg.decode_batch_size, "stages": results}
+            "ray_logical_cpus": embedded_ray_cpus(), "decode_batch_size": cfg.decode_batch_size, "stages": results}

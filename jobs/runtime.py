@@ -22,6 +22,13 @@ def resolve_model(cfg: RunConfig) -> None:
     cfg.judge.engine.model = str(build_tiny_omni())
 
 
+def embedded_ray_cpus() -> int:
+    """Logical CPUs of an embedded local Ray: at least 4, so on a 2-core machine the decode tasks
+    and the judge actor do not starve each other of scheduling slots (CPU-ENGINE.md); the OS
+    still shares the real cores."""
+    return max(4, os.cpu_count() or 1)
+
+
 def init_ray(address: str | None, num_cpus: int | None) -> None:
     import ray
 
@@ -31,8 +38,6 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    # Logical CPUs: on a 2-core machine the decode tasks and the judge actor must not starve
-    # each other of scheduling slots (CPU-ENGINE.md); the OS still shares the real cores.
-    logical = num_cpus or max(4, os.cpu_count() or 1)
+    logical = num_cpus or embedded_ray_cpus()
     ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=True)
     log.info("started an embedded local Ray with %d logical CPUs", logical)
