@@ -166,7 +166,6 @@ def test_resized_shape_rules():
     assert reason_of(media.resized_shape, 10, 3000, 3136, 200704, "image").reason == "image_aspect_ratio"
 
 
-
 def qwen_smart_resize():
     pytest.importorskip("torch")
     from stages.torchvision_compat import ensure_torchvision_importable
