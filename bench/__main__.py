@@ -79,10 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cell(value: Any, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """(benchmark, measured, baseline, ratio, target) rows for the summary table."""
     rows = []

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import synthetic_media as media
+from jobs import demo_media as media
 from jobs.demo import DEMO_CONFIG, QUESTIONS, SCHEMA, demo_rows
 from jobs.runtime import embedded_ray_cpus
 from pipelines.config import RunConfig, load_config

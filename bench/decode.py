@@ -22,8 +22,13 @@ import pyarrow.parquet as pq
 from bench.common import bench_config, media_rows, median, ray_session, write_shards
 from jobs.runtime import embedded_ray_cpus
 from pipelines.config import RunConfig
-from stages import media as media_ops
 from stages.decode import DecodeStage
+from stages.media import preload
+from stages.media.audio import decode_audio
+from stages.media.fetch import load_media_bytes
+from stages.media.image import decode_image
+from stages.media.video import decode_video
+from stages.rows import MODALITIES
 
 UNITS = {"image": "images/s", "audio": "audio s/s", "video": "frames/s"}
 
@@ -55,23 +60,23 @@ def cpu_seconds_by_role() -> dict[str, float]:
     return totals
 
 
-def units_of(kind: str, decoded: Any) -> float:
+def units_of(kind: str, decoded: Any, cfg: RunConfig) -> float:
     if kind == "image":
         return 1.0
     if kind == "audio":
-        return len(decoded) / 16_000
+        return len(decoded) / cfg.media.audio_sample_rate
     return float(decoded[0].shape[0])  # video: (frames, fps)
 
 
 def plain_loop(cfg: RunConfig, directory: Path, kind: str) -> dict[str, Any]:
-    decoder = {"image": media_ops.decode_image, "audio": media_ops.decode_audio, "video": media_ops.decode_video}[kind]
+    decoder = {"image": decode_image, "audio": decode_audio, "video": decode_video}[kind]
     wall, cpu = time.perf_counter(), time.process_time()
     values = pq.read_table(directory, columns=[kind]).column(kind).to_pylist()
     units = 0.0
     for value in values:
-        data = media_ops.load_media_bytes(value, media_roots=cfg.input.media_roots,
-                                          allowed_schemes=cfg.input.allowed_schemes, max_bytes=cfg.media.max_media_bytes)
-        units += units_of(kind, decoder(data, cfg.media))
+        data = load_media_bytes(value, media_roots=cfg.input.media_roots,
+                                allowed_schemes=cfg.input.allowed_schemes, max_bytes=cfg.media.max_media_bytes)
+        units += units_of(kind, decoder(data, cfg.media), cfg)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"rows": len(values), "units": units, "wall_s": wall, "cpu_s": cpu, "per_core": units / wall}
 
@@ -109,10 +114,10 @@ def in_ray(cfg: RunConfig, directory: Path, units_per_row: float, cores: int) ->
 
 def run(args: Any, work: Path) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0))
-    media_ops.preload()
+    preload()
     results: dict[str, Any] = {}
     with ray_session():
-        for kind in ("image", "audio", "video"):
+        for kind in MODALITIES:
             directory = write_shards(work / kind, media_rows(args.decode_rows[kind], [kind]), rows_per_shard=32)
             cfg = bench_config(directory, work / "unused", args.overrides, demo=False)
             in_ray(cfg, directory, 1.0, cores)  # warm-up: worker processes start and import once

@@ -5,7 +5,7 @@ in-process over the bench shards with a recording engine, so the raw side gets b
 prompts, media arrays and seeds the pipeline sends (both answer orders: 2 requests per row).
 The raw baseline runs in a fresh `python -m bench.engine_efficiency --raw DIR` process with
 VLLM_ENABLE_V1_MULTIPROCESSING=0 and the judge actor's thread count, the same engine arguments
-(`stages.vllm_engine.engine_args`) and the same sampling (seeded, regex-constrained).
+(`stages.engines.vllm_engine.engine_args`) and the same sampling (seeded, regex-constrained).
 
 Steady state excludes start-up on both sides: raw = requests / one `generate` call over all of
 them (made as its two halves, `enqueue` + `wait_for_completion`, to time input preprocessing
@@ -16,6 +16,7 @@ time (plus `ray.init`, paid once per job).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -29,15 +30,24 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from bench.common import (ROOT, bench_config, bench_settings, config_sets, media_rows, median, parse_variants,
-                          ray_session, write_shards)
-from bench.engines import MeteredFactory, PrerenderedFactory, read_stats
+from bench.common import (
+    ROOT,
+    bench_config,
+    bench_settings,
+    config_sets,
+    media_rows,
+    median,
+    parse_variants,
+    ray_session,
+    write_shards,
+)
+from bench.engines import MeteredFactory, read_stats
 from pipelines.config import RunConfig
 from stages.decode import DecodeStage
-from stages.engine_api import Completion, JudgeRequest
+from stages.engines.api import Completion, JudgeRequest
+from stages.formats.verdicts import verdict_text
 from stages.judge import JudgeStage
 from stages.normalize import NormalizeStage
-from stages.simulated_engine import answer_tags
 
 GPU_OVERRIDES = [  # Flex-Omni-7B on one GPU (the demo config's CPU-engine sizes do not fit a GPU)
     "judge.engine.gpu_memory_utilization=0.85",
@@ -58,7 +68,7 @@ class _Recorder:
     def submit(self, request: JudgeRequest) -> "Future[Completion]":
         self.requests.append(request)
         future: Future[Completion] = Future()
-        future.set_result(Completion(answer_tags(7, 3), 0, 1, "stop"))
+        future.set_result(Completion(verdict_text(7, 3), 0, 1, "stop"))
         return future
 
     def shutdown(self) -> None:
@@ -71,8 +81,9 @@ def capture_requests(cfg: RunConfig) -> list[JudgeRequest]:
     decode = DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size)
     decode.setup()
     recorder = _Recorder()
-    judged = JudgeStage(cfg.mode, cfg.judge, engine_factory=lambda: recorder).process(
-        decode.process(NormalizeStage(cfg.mode, cfg.input).process(table))
+    fmt = cfg.judging_format()
+    judged = JudgeStage(fmt, cfg.judge, engine_factory=lambda: recorder).process(
+        decode.process(NormalizeStage(fmt, cfg.input).process(table))
     )
     failed = [e for e in judged.column("error").to_pylist() if e]
     if failed:
@@ -114,26 +125,15 @@ def _raw_main(work: Path) -> None:
     spawned = time.time()
     spec = json.loads((work / "spec.json").read_text())
     requests: list[JudgeRequest] = pickle.loads(Path(spec["requests"]).read_bytes())
-    engine_cfg = spec["engine"]
-    if engine_cfg["device"] == "cpu":
-        import torch
+    from stages.engines.config import EngineConfig
+    from stages.engines.vllm_engine import engine_args, prepare_cpu_engine, to_vllm_prompt
 
-        torch._C.set_num_threads(spec["threads"])  # as VllmEngine does (vLLM no-ops torch.set_num_threads)
-        from stages.torchvision_compat import ensure_torchvision_importable
-
-        try:
-            ensure_torchvision_importable()
-        except ImportError:
-            pass
+    engine = EngineConfig.model_validate(spec["engine"])
+    if engine.device == "cpu":
+        prepare_cpu_engine(spec["threads"])  # as VllmEngine does on its engine thread
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from pipelines.config import EngineConfig
-    from stages.vllm_engine import VllmEngine, engine_args, to_vllm_prompt
-
-    engine = EngineConfig.model_validate(engine_cfg)
-    if engine.device == "cpu":
-        VllmEngine._inspect_models_in_process()
     sampling = spec["sampling"]
     regex = spec["regex"]
 
@@ -180,9 +180,9 @@ def run_pipeline(cfg: RunConfig, warmup: JudgeRequest, work: Path, prerender: bo
     stats_dir = work / "engine-stats"
     shutil.rmtree(stats_dir, ignore_errors=True)
     stats_dir.mkdir(parents=True)
-    engine_factory = JudgeStage(cfg.mode, cfg.judge).engine_factory
-    if prerender:  # bench-only experiment: render requests on the callers' threads
-        engine_factory = PrerenderedFactory(engine_factory)
+    engine_factory = JudgeStage(cfg.judging_format(), cfg.judge).engine_factory
+    if prerender:  # experiment: render requests on the callers' threads (VllmEngine's render_in_caller)
+        engine_factory = dataclasses.replace(engine_factory, render_in_caller=True)
     factory = MeteredFactory(engine_factory, str(stats_dir), slots=cfg.judge.engine.max_num_seqs, warmup=warmup)
     started = time.time()
     result = run_curation(cfg, engine_factory=factory)
@@ -232,7 +232,7 @@ def run(args: Any, work: Path) -> dict[str, Any]:
     requests = capture_requests(cfg)
     requests_file = work / "requests.pkl"
     requests_file.write_bytes(pickle.dumps(requests))
-    regex = JudgeStage(cfg.mode, cfg.judge).engine_factory.guided_regex  # the pipeline's own regex
+    regex = JudgeStage(cfg.judging_format(), cfg.judge).engine_factory.guided_regex  # the pipeline's own regex
     thread_counts = sorted({c.judge.engine_threads() for c in configs.values()})
 
     raw_runs: dict[int, list[dict[str, Any]]] = {t: [] for t in thread_counts}

@@ -1,6 +1,6 @@
 """Engine factories the benchmarks hand to `run_curation`; Ray workers import them from here.
 
-`MeteredFactory` wraps any engine factory (the production `VllmEngineFactory`, or `SimFactory`
+`MeteredFactory` wraps any engine factory (the pipeline's own `EngineFactory`, or `SimFactory`
 for a `SimulatedEngine`) in a `MeteredEngine`, which counts requests and output tokens, records
 the engine's active window (first request submitted .. last one completed) and its slot
 occupancy, and writes those figures to a JSON file in `stats_dir`. The engine lives in the judge
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from stages.engine_api import Completion, Engine, JudgeRequest
-from stages.simulated_engine import LatencyModel, SimulatedEngine
+from stages.engines.api import Completion, Engine, JudgeRequest
+from stages.engines.simulated import LatencyModel, SimulatedEngine
+from stages.formats.pairwise import PairwiseFormat
 
 
 class MeteredEngine:
@@ -131,13 +132,15 @@ class MeteredFactory:
 
 @dataclass
 class SimFactory:
-    """A SimulatedEngine with `concurrency` slots and per-request latency from `latency`."""
+    """A SimulatedEngine with `concurrency` slots and per-request latency from `latency`, answering
+    seeded pairwise verdicts (the benchmarks' mode)."""
 
     latency: LatencyModel
     concurrency: int = 64
 
     def __call__(self) -> SimulatedEngine:
-        return SimulatedEngine(latency=self.latency, concurrency=self.concurrency, seed=os.getpid())
+        return SimulatedEngine(PairwiseFormat().simulated_verdict, latency=self.latency, concurrency=self.concurrency,
+                               seed=os.getpid())
 
 
 def read_stats(stats_dir: Path) -> dict[str, Any]:
@@ -158,72 +161,3 @@ def read_stats(stats_dir: Path) -> dict[str, Any]:
     total["max_in_flight"] = max(p["max_in_flight"] for p in parts)
     total["per_replica"] = parts
     return total
-
-
-# --------------------------------------------------------------------------- bench-only experiment
-
-
-def prerendered_engine_class() -> type:
-    """VllmEngine with input preprocessing moved off the engine thread (a bench-only experiment).
-
-    VllmEngine renders each request (tokenisation, the model's HF multimodal processor) on its
-    engine thread, between `step()` calls. This variant renders in `submit`, on the caller's
-    thread (the judge's batch threads; one at a time, vLLM's renderer and its media cache are not
-    known to be thread-safe), so the engine thread only adds ready inputs and steps.
-    """
-    from stages.engine_api import RequestRejected
-    from stages.vllm_engine import VllmEngine, _Pending, to_vllm_prompt
-
-    class PrerenderedVllmEngine(VllmEngine):
-        _render_lock = threading.Lock()
-
-        def submit(self, request: JudgeRequest) -> "Future[Completion]":
-            from vllm.renderers.inputs.preprocess import parse_model_prompt
-
-            future: Future[Completion] = Future()
-            try:
-                with self._render_lock:
-                    prompt = parse_model_prompt(self._llm.model_config,
-                                                to_vllm_prompt(request, self._config.resolved_family()))
-                    (rendered,) = self._llm.renderer.render_cmpl([prompt], self._tok_params)
-            except Exception as exc:  # noqa: BLE001 - as VllmEngine._add: this request only
-                future.set_exception(RequestRejected(f"request {request.request_id!r} rejected: "
-                                                     f"{type(exc).__name__}: {exc}"))
-                return future
-            pending = _Pending(request, future)
-            pending.rendered = rendered  # type: ignore[attr-defined]
-            with self._cond:
-                if self._dead is not None or self._stopping:
-                    future.set_exception(self._dead_error())
-                    return future
-                self._queue.append(pending)
-                self._cond.notify()
-            return future
-
-        def _add(self, pending: Any) -> None:
-            if not pending.future.set_running_or_notify_cancel():
-                return
-            pending.key = f"{next(self._keys)}:{pending.request.request_id}"
-            try:
-                self._llm.add_request(pending.key, pending.rendered, self._sampling_params(pending.request))
-            except Exception as exc:  # noqa: BLE001
-                pending.future.set_exception(RequestRejected(f"{type(exc).__name__}: {exc}"))
-                return
-            self._running[pending.key] = pending
-
-    return PrerenderedVllmEngine
-
-
-@dataclass
-class PrerenderedFactory:
-    """Builds `prerendered_engine_class()` with the arguments the pipeline's own factory would use."""
-
-    pipeline_factory: Any  # stages.judge's configured factory: .judge and .guided_regex
-
-    def __call__(self) -> Engine:
-        judge = self.pipeline_factory.judge
-        return prerendered_engine_class()(
-            judge.engine, judge.sampling, guided_regex=self.pipeline_factory.guided_regex,
-            tensor_parallel_size=judge.tensor_parallel_size,
-            cpu_threads=judge.engine_threads(),
-        )

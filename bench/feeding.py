@@ -25,10 +25,20 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from bench.common import (KINDS, bench_config, bench_settings, config_sets, gpus_for, media_rows, median,
-                          parse_variants, ray_session, write_shards)
+from bench.common import (
+    KINDS,
+    bench_config,
+    bench_settings,
+    config_sets,
+    gpus_for,
+    media_rows,
+    median,
+    parse_variants,
+    ray_session,
+    write_shards,
+)
 from bench.engines import MeteredFactory, SimFactory, read_stats
-from stages.simulated_engine import LatencyModel
+from stages.engines.simulated import LatencyModel
 
 MEDIAN_TOKENS, SIGMA, MAX_TOKENS = 300, 1.0, 4096  # verdict lengths: lognormal, tens to thousands
 MIXES = {  # media mix -> share of rows of each kind (see bench.common.KINDS)

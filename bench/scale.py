@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.common import MemorySampler, bench_config, gpus_for, ray_session, tiled_demo_rows, write_shards
 from bench.engines import SimFactory
-from stages.simulated_engine import LatencyModel
+from stages.engines.simulated import LatencyModel
 
 
 def run_size(rows: int, work: Path, overrides: list[str]) -> dict[str, Any]:

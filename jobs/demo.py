@@ -13,10 +13,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import synthetic_media as media
-from stages.schema import MEDIA_TYPE
+from jobs import demo_media as media
+from jobs.runtime import CONFIG_DIR, config_from_args, exit_code, run_job
+from stages.rows import MEDIA_TYPE
 
-DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 QUESTIONS = [
     ("What is shown here, and what colour dominates?", "A smooth colour gradient, mostly blue.", "A cat."),
     ("Describe the sound.", "A steady pure tone at a single pitch.", "Loud rock music with drums."),
@@ -107,22 +108,15 @@ def summary_table(report: dict[str, Any]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from jobs.cli import EXIT_OK, EXIT_RUN_FAILED, _load
-    from jobs.placement import check_current_cluster
-    from jobs.runtime import init_ray, resolve_model
-    from pipelines.curate import run_curation
-
+    """`flexcurate demo`: generate the input beside `args.output`, run the demo config, summarise."""
     output = Path(args.output)
     input_dir = output.parent / f"{output.name}-input"
     write_demo_shards(input_dir, args.rows)
-    cfg = _load(args, DEMO_CONFIG, **{"input.paths": [str(input_dir)], "output.path": str(output.resolve())})
+    cfg = config_from_args(args, DEMO_CONFIG, **{"input.paths": [str(input_dir)], "output.path": str(output.resolve())})
     if args.overwrite is None:
         cfg.output.overwrite = True  # the demo's own directory: re-running it replaces it
-    print(f"building (or reusing) the tiny random-weight Flex-Omni-architecture model ...", flush=True)
-    resolve_model(cfg)
-    init_ray(args.address, args.num_cpus)
-    check_current_cluster(cfg)
-    result = run_curation(cfg)
+    print("building (or reusing) the tiny random-weight Flex-Omni-architecture model ...", flush=True)
+    result = run_job(cfg, args.address, args.num_cpus)
     print()
     print(summary_table(result.report))
     print()
@@ -130,7 +124,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(
         "NOTE: the demo judge is a tiny model with RANDOM weights, so its verdicts are noise; only the\n"
         "pipeline around it is real. On GPUs, judge with the real model:\n"
-        f"  flexcurate run --config jobs/configs/preference.yaml --input YOUR_SHARDS --output OUT\n"
-        f"  (or this config with --set judge.engine.model=jongwooko/Flex-Omni-7B --set judge.engine.device=cuda)"
+        "  flexcurate run --config jobs/configs/preference.yaml --input YOUR_SHARDS --output OUT\n"
+        "  (or this config with --set judge.engine.model=jongwooko/Flex-Omni-7B --set judge.engine.device=cuda)"
     )
-    return EXIT_OK if result.succeeded else EXIT_RUN_FAILED
+    return exit_code(result)

@@ -24,12 +24,12 @@ log = logging.getLogger("flexcurate")
 
 
 def replica_demand(cfg: RunConfig) -> dict[str, float]:
-    """Resources one judge actor requests (matches stages/judge.py: num_cpus, num_gpus)."""
-    demand = {"CPU": float(cfg.judge.cpus_per_replica)}
-    if cfg.judge.engine.device == "cuda" and cfg.judge.engine.backend == "vllm":
-        demand["GPU"] = float(cfg.judge.tensor_parallel_size)
-    demand.update({name: float(amount) for name, amount in cfg.judge.resources.items()})
-    return demand
+    """Resources one judge actor requests: the judge stage's own, as the pipeline will ask Ray."""
+    from pipelines.curate import build_stages  # imports Ray: not needed by `submit`, which reads SKIP_ENV
+    from stages.judge import JudgeStage
+
+    judge = next(stage for stage in build_stages(cfg) if isinstance(stage, JudgeStage))
+    return judge.resources()
 
 
 def _fits(node: Mapping[str, float], demand: Mapping[str, float]) -> bool:
@@ -68,7 +68,9 @@ def check_cluster_fits(
             f"needs {_fmt(need_cpu)} CPUs plus {_fmt(MIN_FREE_CPUS)} for the decode and write tasks, "
             f"the cluster has {_fmt(have_cpu)}"
         )
-    for name, amount in cfg.judge.resources.items():
+    for name, amount in per_replica.items():
+        if name in ("CPU", "GPU"):
+            continue
         need, have = amount * judge.replicas, float(resources.get(name, 0.0))
         if need > have + _EPS:
             problems.append(

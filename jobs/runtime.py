@@ -1,16 +1,62 @@
-"""Cluster concerns the entrypoints own: connecting to Ray, resolving the model, rejections."""
+"""What every command that runs the pipeline shares: its options, exit codes, rejections, and the
+run sequence (resolve the model, start or join Ray, check the judge pool fits, run).
+
+Exit codes: 0 the run succeeded; 1 it finished but failed a check (error budget, accounting);
+2 the config, the inputs or the output directory were rejected before anything started.
+"""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pipelines.config import ConfigError, RunConfig
-from pipelines.curate import OutputExists
+from pipelines.config import ConfigError, RunConfig, load_config
+from pipelines.run_dir import OutputExists
 from pipelines.shards import ShardError
 
+if TYPE_CHECKING:  # pipelines.curate imports Ray: only the commands that run pay for it
+    from pipelines.curate import RunResult
+
 TINY_MODEL = "flexcurate/tiny-omni"  # resolved to the locally built random-weight model
-REJECTIONS: tuple[type[Exception], ...] = (ConfigError, ShardError, OutputExists)
+CONFIG_DIR = Path(__file__).parent / "configs"
 log = logging.getLogger("flexcurate")
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    RUN_FAILED = 1  # finished, but failed a check; report.json says which
+    REJECTED = 2  # config, inputs or output refused before anything started
+    DETACHED = 130  # `submit --wait` stopped following a job that keeps running (Ctrl-C)
+
+
+# Errors that mean "rejected before anything started": a one-line message and exit code 2.
+REJECTIONS: tuple[type[Exception], ...] = (ConfigError, ShardError, OutputExists)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that runs the pipeline here (run, demo)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field by its dotted name, e.g. --set judge.replicas=4 (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="replace a finished run in the output directory")
+    parser.add_argument("--skip-bad-shards", action="store_true", default=None,
+                        help="list and skip unreadable or mis-shaped shards instead of failing")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="logical CPUs for an embedded local Ray (default: max(4, cores))")
+
+
+def config_from_args(args: argparse.Namespace, config_path: str | Path, **values: Any) -> RunConfig:
+    """The run config from a YAML file, the run options' overrides and `values` (dotted keys)."""
+    return load_config(
+        config_path,
+        args.overrides,
+        **{"output.overwrite": args.overwrite, "input.skip_bad_shards": args.skip_bad_shards, **values},
+    )
 
 
 def resolve_model(cfg: RunConfig) -> None:
@@ -41,3 +87,18 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     logical = num_cpus or embedded_ray_cpus()
     ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=True)
     log.info("started an embedded local Ray with %d logical CPUs", logical)
+
+
+def run_job(cfg: RunConfig, address: str | None, num_cpus: int | None) -> "RunResult":
+    """The run sequence every entrypoint uses; raises one of REJECTIONS before anything starts."""
+    from jobs.placement import check_current_cluster
+    from pipelines.curate import run_curation
+
+    resolve_model(cfg)
+    init_ray(address, num_cpus)
+    check_current_cluster(cfg)
+    return run_curation(cfg)
+
+
+def exit_code(result: "RunResult") -> ExitCode:
+    return ExitCode.OK if result.succeeded else ExitCode.RUN_FAILED

@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.placement import SKIP_ENV
+from jobs.runtime import ExitCode
 from pipelines.config import ConfigError, load_config
 
-EXIT_OK, EXIT_RUN_FAILED, EXIT_REJECTED, EXIT_DETACHED = 0, 1, 2, 130
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # gitignore-style, relative to the working dir: what never needs to travel with a job.
 EXCLUDES = [".git", ".venv", "out", "**/__pycache__", ".pytest_cache", ".hypothesis", ".cache", "build", "*.egg-info"]
@@ -103,7 +104,7 @@ def build_entrypoint(args: argparse.Namespace, config: str) -> str:
 def build_runtime_env(args: argparse.Namespace) -> dict[str, Any]:
     env_vars = {"PYTHONUNBUFFERED": "1"}
     if args.skip_placement_check:
-        env_vars["FLEXCURATE_SKIP_PLACEMENT_CHECK"] = "1"
+        env_vars[SKIP_ENV] = "1"
     runtime_env: dict[str, Any] = {"working_dir": args.working_dir, "excludes": list(EXCLUDES), "env_vars": env_vars}
     extra = dict(args.runtime_env_json or {})
     runtime_env["env_vars"] = {**env_vars, **extra.pop("env_vars", {})}
@@ -125,9 +126,9 @@ def _config_in_working_dir(config: str, working_dir: str) -> str:
 
 def job_exit_code(status: str, driver_exit_code: int | None) -> int:
     if status == "SUCCEEDED":
-        return EXIT_OK
+        return ExitCode.OK
     if driver_exit_code is None or driver_exit_code == 0:
-        return EXIT_RUN_FAILED
+        return ExitCode.RUN_FAILED
     return driver_exit_code if driver_exit_code > 0 else 128 - driver_exit_code  # -N: killed by signal N
 
 
@@ -142,7 +143,7 @@ def _wait(client: Any, job_id: str, poll_s: float = 1.0) -> int:
         asyncio.run(_stream_logs(client, job_id))
     except KeyboardInterrupt:
         print(f"flexcurate: stopped following; the job keeps running (ray job stop {job_id})", file=sys.stderr)
-        return EXIT_DETACHED
+        return ExitCode.DETACHED
     except Exception as exc:  # a dropped log stream must not lose the job's result
         print(f"flexcurate: log stream ended early ({exc}); waiting for the job to finish", file=sys.stderr)
     while True:
@@ -150,7 +151,7 @@ def _wait(client: Any, job_id: str, poll_s: float = 1.0) -> int:
             info = client.get_job_info(job_id)
         except Exception as exc:  # the cluster went away: the run's outcome is unknown, not a success
             print(f"flexcurate: lost the cluster while waiting for job {job_id}: {exc}", file=sys.stderr)
-            return EXIT_RUN_FAILED
+            return ExitCode.RUN_FAILED
         status = str(getattr(info.status, "value", info.status))
         if status in TERMINAL:
             break
@@ -182,7 +183,7 @@ def run_submit(args: argparse.Namespace) -> int:
         entrypoint = build_entrypoint(args, _config_in_working_dir(args.config, args.working_dir))
     except ConfigError as exc:
         print(f"flexcurate: {exc}", file=sys.stderr)
-        return EXIT_REJECTED
+        return ExitCode.REJECTED
 
     from ray.job_submission import JobSubmissionClient
 
@@ -200,11 +201,11 @@ def run_submit(args: argparse.Namespace) -> int:
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         print(f"flexcurate: the cluster did not accept the job: {exc}", file=sys.stderr)
-        return EXIT_REJECTED
+        return ExitCode.REJECTED
     print(job_id, flush=True)
     print(f"flexcurate: submitted {entrypoint}", file=sys.stderr, flush=True)
     if not args.wait:
         address = f" --address {args.address}" if args.address else ""
         print(f"flexcurate: follow it with: ray job logs --follow{address} {job_id}", file=sys.stderr)
-        return EXIT_OK
+        return ExitCode.OK
     return _wait(client, job_id)

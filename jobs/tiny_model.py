@@ -15,7 +15,6 @@ import random
 import shutil
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -98,7 +97,9 @@ def build_tiny_omni(dest: Path | None = None, *, force: bool = False) -> Path:
 
 
 def _training_text() -> Iterator[str]:
-    prompts = json.loads(resources.files("stages").joinpath("flexjudge_prompts.json").read_text())
+    from stages.formats.prompts import load_prompts
+
+    prompts = load_prompts()
 
     def strings(node: Any) -> Iterator[str]:
         if isinstance(node, str):
@@ -128,8 +129,7 @@ def _training_text() -> Iterator[str]:
 
 
 def _build_tokenizer() -> Any:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -282,7 +282,7 @@ def _write_processor(out: Path) -> None:
 def _write_model(out: Path) -> None:
     # transformers' Omni processor insists on a video processor, which needs torchvision: beside
     # CPU torch only through the compat shim, which must run before transformers imports it.
-    from stages.torchvision_compat import ensure_torchvision_importable
+    from stages.engines.torchvision_compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     from transformers.utils import logging as hf_logging

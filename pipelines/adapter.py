@@ -3,41 +3,20 @@
 Stateless stages run as tasks. Stages with a `pool_size` run on a fixed-size actor pool (min =
 max: engine start-up is too expensive to autoscale), with `batches_in_flight` batches running
 concurrently per actor so a replica always has the next batch in hand.
-Each batch's time and row counts go to a small actor of the run that the run report reads.
+Each batch's time and row counts go to the run's metrics actor (metrics.py), which the run report reads.
 """
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from typing import Any
 
 import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
-from pipelines.quarantine import CRASH_REASON, SharedExclusiveLock
-from stages.base import ERROR, ERROR_COLUMNS, ERROR_STAGE, Stage, with_columns
-
-@ray.remote(num_cpus=0)
-class StageMetrics:
-    """Per-stage totals: batches, rows, seconds of work, rows this stage sent to errors/."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-
-    def record(self, stage: str, rows: int, seconds: float, new_errors: int) -> None:
-        entry = self.totals[stage]
-        entry["batches"] += 1
-        entry["rows"] += rows
-        entry["seconds"] += seconds
-        entry["errors"] += new_errors
-
-    def snapshot(self) -> dict[str, dict[str, float]]:
-        return {stage: dict(values) for stage, values in self.totals.items()}
-
-
-def start_metrics() -> Any:
-    return StageMetrics.remote()
+from pipelines.quarantine import ReplicaCrash, SharedExclusiveLock
+from stages.base import Settlement, Stage
+from stages.rows import ERROR_STAGE
 
 
 def run_stage_batch(stage: Stage, batch: pa.Table, metrics: Any | None) -> pa.Table:
@@ -96,11 +75,9 @@ class _ActorStage:
         return output
 
     def _quarantine(self, row: pa.Table, crashes: int) -> pa.Table:
-        message = (
-            f"ReplicaCrash: [{CRASH_REASON}] the {self.stage.name} actor died {crashes} times with this row in "
-            "flight, the last time with no other row; it is not processed again"
-        )
-        return with_columns(row, {ERROR_STAGE: [self.stage.name], ERROR: [message]}, ERROR_COLUMNS)
+        settlement = Settlement(row)
+        settlement.fail(0, self.stage.name, ReplicaCrash(self.stage.name, crashes))
+        return settlement.apply(row)
 
     def __del__(self) -> None:
         self.stage.close()

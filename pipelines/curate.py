@@ -14,10 +14,11 @@ from typing import Any, Callable
 
 import ray
 
-from pipelines.adapter import apply_stage, read_rows, start_metrics
+from pipelines.adapter import apply_stage, read_rows
 from pipelines.config import RunConfig
 from pipelines.duplicates import find_duplicate_ids, settle_duplicates
 from pipelines.incremental import load_state, partition, plan_night, record_night
+from pipelines.metrics import start_metrics
 from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
 from pipelines.report import build_report, merge_batch_stats, write_report
@@ -25,7 +26,7 @@ from pipelines.run_dir import OutputExists, open_run_directory
 from pipelines.shards import ShardSet, discover
 from stages.base import Stage
 from stages.decode import DecodeStage
-from stages.engine_api import Engine
+from stages.engines.api import Engine
 from stages.judge import JudgeStage
 from stages.label import LabelStage
 from stages.normalize import CANONICAL_TYPES, NormalizeStage
@@ -49,12 +50,13 @@ def build_stages(
     engine_factory: Callable[[], Engine] | None = None,
     skip_ids: frozenset[str] = frozenset(),
 ) -> list[Stage]:
+    fmt = cfg.judging_format()
     return [
-        NormalizeStage(cfg.mode, cfg.input, batch_size=cfg.decode_batch_size, skip_ids=skip_ids),
+        NormalizeStage(fmt, cfg.input, batch_size=cfg.decode_batch_size, skip_ids=skip_ids),
         DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size),
-        JudgeStage(cfg.mode, cfg.judge, engine_factory=engine_factory),
-        LabelStage(cfg.mode, cfg.filter),
-        WriteStage(cfg.output.path, cfg.mode, batch_size=cfg.output.rows_per_file),
+        JudgeStage(fmt, cfg.judge, engine_factory=engine_factory),
+        LabelStage(fmt, cfg.filter),
+        WriteStage(cfg.output.path, fmt, batch_size=cfg.output.rows_per_file),
     ]
 
 
@@ -70,7 +72,7 @@ def check_stage_chain(stages: list[Stage], initial: set[str]) -> None:
 
 def run_curation(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = None) -> RunResult:
     """Run the job; with `incremental.enabled`, only the night's new shards, into their partition."""
-    shards: ShardSet = discover(cfg.input.paths, cfg.mode, cfg.input)
+    shards: ShardSet = discover(cfg.input.paths, cfg.judging_format(), cfg.input)
     if not cfg.incremental.enabled:
         return _run(cfg, shards, engine_factory)
     state = load_state(cfg.incremental.state)
@@ -116,7 +118,7 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
 
     totals: dict[str, Any] = {}
     merge_batch_stats(totals, [manifest["stats"] for manifest in run_dir.manifests()])
-    complete_outputs(run_dir.filesystem, run_dir.root, cfg.mode)
+    complete_outputs(run_dir.filesystem, run_dir.root, cfg.judging_format())
     report = build_report(
         cfg=cfg,
         shards=shards,

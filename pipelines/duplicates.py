@@ -14,15 +14,17 @@ import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig
 from pipelines.shards import ShardSet
-from stages.base import ERROR, ERROR_STAGE
+from stages.base import Settlement
 from stages.normalize import NormalizeStage, printable_text
+from stages.rows import RowError
 from stages.write import WriteStage
 
 STAGE = "read"
 
 
-class DuplicateId(ValueError):
-    pass
+class DuplicateId(RowError):
+    def __init__(self, identifier: str, occurrences: int) -> None:
+        super().__init__("duplicate_id", f"id {identifier!r} occurs {occurrences} times in the input")
 
 
 def id_strings(column: pa.ChunkedArray) -> list[str | None]:
@@ -46,7 +48,8 @@ def find_duplicate_ids(shards: ShardSet, id_column: str) -> dict[str, int]:
 def settle_duplicates(cfg: RunConfig, shards: ShardSet, duplicates: dict[str, int]) -> None:
     """Route every row with a duplicated id to errors/, as one committed batch."""
     id_column = cfg.input.column_mapping().get("id", "id")
-    normalize = NormalizeStage(cfg.mode, cfg.input)
+    fmt = cfg.judging_format()
+    normalize = NormalizeStage(fmt, cfg.input)
     wanted = pa.array(sorted(duplicates), pa.string())
     parts = []
     for path in shards.paths:
@@ -58,10 +61,7 @@ def settle_duplicates(cfg: RunConfig, shards: ShardSet, duplicates: dict[str, in
         if rows.num_rows:
             parts.append(normalize.process(rows))
     batch = pa.concat_tables(parts, promote_options="permissive")
-    messages = [
-        f"{DuplicateId.__name__}: [duplicate_id] id {i!r} occurs {duplicates[i]} times in the input"
-        for i in batch.column("id").to_pylist()
-    ]
-    batch = batch.set_column(batch.schema.get_field_index(ERROR_STAGE), ERROR_STAGE, pa.array([STAGE] * batch.num_rows, pa.string()))
-    batch = batch.set_column(batch.schema.get_field_index(ERROR), ERROR, pa.array(messages, pa.string()))
-    WriteStage(cfg.output.path, cfg.mode).process(batch)
+    settlement = Settlement(batch)
+    for index, identifier in enumerate(batch.column("id").to_pylist()):
+        settlement.fail(index, STAGE, DuplicateId(identifier, duplicates[identifier]))
+    WriteStage(cfg.output.path, fmt).process(settlement.apply(batch))

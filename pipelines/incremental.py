@@ -17,7 +17,7 @@ from pyarrow import fs as pafs
 
 from pipelines.config import IncrementalConfig
 from pipelines.shards import ShardSet
-from stages.commit import filesystem_for, write_atomically
+from stages.storage.files import filesystem_for, write_atomically
 
 STATE_VERSION = 1
 

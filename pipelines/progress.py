@@ -10,6 +10,8 @@ from typing import Any
 
 import ray
 
+from stages.rows import OUTCOMES
+
 log = logging.getLogger("flexcurate.progress")
 
 
@@ -36,7 +38,7 @@ class ProgressLog:
         elapsed = max(now - self.started, 1e-9)
         rate = self.rows / elapsed
         remaining = (self.total - self.rows) / rate if rate > 0 else float("inf")
-        outcomes = " ".join(f"{k}={self.outcomes[k]}" for k in ("kept", "dropped", "errors"))
+        outcomes = " ".join(f"{k}={self.outcomes[k]}" for k in OUTCOMES)
         log.info("progress: %d/%d rows (%.0f%%), %.1f rows/s, %s, eta %.0fs",
                  self.rows, self.total, 100 * self.rows / max(self.total, 1), rate, outcomes, remaining)
         stages = ray.get(self.metrics.snapshot.remote())

@@ -16,7 +16,20 @@ from typing import Any, Iterator
 
 import ray
 
+from stages.rows import RowError
+
 CRASH_REASON = "replica_crash"
+
+
+class ReplicaCrash(RowError):
+    """A row that was in flight each time its stage's actor died; quarantined, not processed again."""
+
+    def __init__(self, stage: str, crashes: int) -> None:
+        super().__init__(
+            CRASH_REASON,
+            f"the {stage} actor died {crashes} times with this row in flight, the last time with no other "
+            "row; it is not processed again",
+        )
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

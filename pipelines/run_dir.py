@@ -14,7 +14,8 @@ from typing import Any
 from pyarrow import fs as pafs
 
 from pipelines.config import RunConfig
-from stages.commit import filesystem_for, read_manifests, remove_uncommitted, write_atomically
+from stages.storage.commit import read_manifests, remove_uncommitted
+from stages.storage.files import filesystem_for, write_atomically
 
 SUCCESS_MARKER = "_SUCCESS"
 RUN_IDENTITY = "_run.json"

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from pipelines.config import InputConfig, Mode
-from stages.commit import filesystem_for
-from stages.normalize import required_columns
+from pipelines.config import InputConfig
+from stages.formats.base import JudgingFormat
+from stages.rows import MODALITIES
+from stages.storage.files import filesystem_for
 
 _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
 
@@ -71,11 +72,11 @@ def expand(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     return filesystem, [path]
 
 
-def check_schema(path: str, schema: pa.Schema, mode: Mode, input_cfg: InputConfig) -> None:
+def check_schema(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: InputConfig) -> None:
     mapping = input_cfg.column_mapping()
-    for column in required_columns(mode, mapping):
+    for column in fmt.required_columns(mapping):
         if column not in schema.names:
-            raise ShardError(f"shard {path}: missing required column '{column}' (mode {mode}; have {schema.names})")
+            raise ShardError(f"shard {path}: missing required column '{column}' (mode {fmt.mode}; have {schema.names})")
         field_type = schema.field(column).type
         wants_list = column == mapping.get("responses")
         ok = pa.types.is_list(field_type) or pa.types.is_large_list(field_type) if wants_list else any(t(field_type) for t in _TEXT_TYPES)
@@ -97,7 +98,7 @@ def _media_type_ok(field_type: pa.DataType) -> bool:
 
 def check_media_columns(path: str, schema: pa.Schema, input_cfg: InputConfig) -> None:
     mapping = input_cfg.column_mapping()
-    for canonical in ("image", "audio", "video"):
+    for canonical in MODALITIES:
         column = mapping.get(canonical, canonical)
         if column in schema.names and not _media_type_ok(schema.field(column).type):
             raise ShardError(
@@ -115,16 +116,16 @@ def check_consistent(schemas: dict[str, pa.Schema]) -> None:
     """Shards of one run must agree on each column's type (Ray cannot read them as one dataset)."""
     seen: dict[str, tuple[pa.DataType, str]] = {}
     for path, schema in schemas.items():
-        for field in schema:
-            first = seen.setdefault(field.name, (field.type, path))
-            if not _compatible(first[0], field.type):
+        for column in schema:
+            first = seen.setdefault(column.name, (column.type, path))
+            if not _compatible(first[0], column.type):
                 raise ShardError(
-                    f"column '{field.name}' is {first[0]} in shard {first[1]} but {field.type} in shard {path}; "
+                    f"column '{column.name}' is {first[0]} in shard {first[1]} but {column.type} in shard {path}; "
                     "write the shards with one schema"
                 )
 
 
-def discover(paths: list[str], mode: Mode, input_cfg: InputConfig) -> ShardSet:
+def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> ShardSet:
     """Expand and check every input; raise ShardError unless skip_bad_shards."""
     if not paths:
         raise ShardError("no input given: pass --input or set input.paths")
@@ -143,7 +144,7 @@ def discover(paths: list[str], mode: Mode, input_cfg: InputConfig) -> ShardSet:
             try:
                 metadata = pq.read_metadata(path, filesystem=fs_here)
                 schema = metadata.schema.to_arrow_schema()
-                check_schema(path, schema, mode, input_cfg)
+                check_schema(path, schema, fmt, input_cfg)
                 check_media_columns(path, schema, input_cfg)
             except Exception as exc:
                 problem = str(exc) if isinstance(exc, ShardError) else f"shard {path}: unreadable ({type(exc).__name__}: {exc})"

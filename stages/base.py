@@ -1,8 +1,8 @@
 """The stage contract: a small class per pipeline step, free of Ray plumbing.
 
 A stage takes an Arrow table and returns it with the columns it `adds`. Rows that an earlier stage
-marked with `error_stage` pass through untouched, so a row never disappears between read and write.
-Resources and batch size are plain attributes; `pipelines/adapter.py` turns them into Ray calls.
+settled (errors/ or dropped/) pass through untouched, so a row never disappears between read and
+write. Resources and batch size are plain attributes; `pipelines/adapter.py` turns them into Ray calls.
 """
 from __future__ import annotations
 
@@ -10,15 +10,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-ERROR_STAGE = "error_stage"
-ERROR = "error"
-DROP_REASON = "drop_reason"
-ERROR_COLUMNS: dict[str, pa.DataType] = {ERROR_STAGE: pa.string(), ERROR: pa.string()}
-
-
-def describe_exception(exc: BaseException) -> str:
-    """The error column's text: the original exception's type and message."""
-    return f"{type(exc).__name__}: {exc}"
+from stages.rows import DROP_REASON, ERROR, ERROR_COLUMNS, ERROR_REASON, ERROR_STAGE, describe_exception, reason_of
 
 
 class Stage:
@@ -49,6 +41,14 @@ class Stage:
     def ray_remote_args(self) -> dict[str, Any]:
         return {}
 
+    def resources(self) -> dict[str, float]:
+        """What one task or actor of this stage asks Ray for: CPU, GPU and custom resources."""
+        demand = {"CPU": float(self.num_cpus)}
+        if self.num_gpus:
+            demand["GPU"] = float(self.num_gpus)
+        demand.update({k: float(v) for k, v in self.ray_remote_args().get("resources", {}).items()})
+        return demand
+
 
 def with_columns(table: pa.Table, values: dict[str, list[Any]], types: dict[str, pa.DataType]) -> pa.Table:
     """Set (replace or append) columns from Python lists, typed by `types`."""
@@ -66,40 +66,53 @@ def column_or_nulls(table: pa.Table, column: str) -> list[Any]:
     return [None] * table.num_rows
 
 
-def settled_mask(table: pa.Table) -> list[bool]:
-    """True for rows already routed to errors/ or dropped/ by an earlier stage; later stages skip them."""
-    errors = column_or_nulls(table, ERROR_STAGE)
-    drops = column_or_nulls(table, DROP_REASON)
-    return [e is not None or d is not None for e, d in zip(errors, drops)]
+class Settlement:
+    """A batch's settled rows and its error columns: which rows a stage skips, and where it records
+    the rows it fails (stage, reason code, original exception)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.stage = column_or_nulls(table, ERROR_STAGE)
+        self.reason = column_or_nulls(table, ERROR_REASON)
+        self.error = column_or_nulls(table, ERROR)
+        drops = column_or_nulls(table, DROP_REASON)
+        self.settled = [e is not None or d is not None for e, d in zip(self.stage, drops)]
+
+    def pending(self) -> list[int]:
+        """Indices of the rows not yet settled: the ones a stage works on."""
+        return [i for i, settled in enumerate(self.settled) if not settled]
+
+    def fail(self, index: int, stage: str, exc: BaseException) -> None:
+        self.stage[index], self.reason[index], self.error[index] = stage, reason_of(exc), describe_exception(exc)
+        self.settled[index] = True
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        """`table` with the error columns as recorded here."""
+        values = {ERROR_STAGE: self.stage, ERROR_REASON: self.reason, ERROR: self.error}
+        return with_columns(table, values, ERROR_COLUMNS)
 
 
 class RowStage(Stage):
     """A stage whose work is per row: `process_row` returns the values of `adds` for one row.
 
-    An exception from `process_row` routes that row to errors/ with this stage's name and the
-    exception's type and message; the rest of the batch goes on. Settled rows are not processed.
+    An exception from `process_row` routes that row to errors/ with this stage's name, the
+    exception's reason code and its type and message; the rest of the batch goes on. Settled rows
+    are not processed and keep whatever they already hold in `adds` (e.g. an earlier drop_reason).
     """
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
     def process(self, table: pa.Table) -> pa.Table:
-        settled = settled_mask(table)
-        error_stage = column_or_nulls(table, ERROR_STAGE)
-        error_text = column_or_nulls(table, ERROR)
+        settlement = Settlement(table)
         present = [c for c in self.needs if c in table.column_names]
         rows = table.select(present).to_pylist() if present else [{} for _ in range(table.num_rows)]
-        # Settled rows keep whatever they already hold in these columns (e.g. an earlier drop_reason).
         out: dict[str, list[Any]] = {column: column_or_nulls(table, column) for column in self.adds}
-        for i, row in enumerate(rows):
-            if settled[i]:
-                continue
+        for i in settlement.pending():
             try:
-                produced = self.process_row(row)
+                produced = self.process_row(rows[i])
             except Exception as exc:  # a bad row is data: record it and go on
-                error_stage[i], error_text[i] = self.name, describe_exception(exc)
+                settlement.fail(i, self.name, exc)
                 produced = {}
             for column in self.adds:
                 out[column][i] = produced.get(column)
-        out[ERROR_STAGE], out[ERROR] = error_stage, error_text
-        return with_columns(table, out, {**self.adds, **ERROR_COLUMNS})
+        return settlement.apply(with_columns(table, out, self.adds))

@@ -1,9 +1,11 @@
 """Judge each row on a replica of the Flex-Judge engine: fan out its requests, gather them back.
 
-Per pending row: both answer orders (pairwise with `swap_order`) x `samples` slots; a verdict that
-does not parse is asked again with a new seed, up to `max_retries` times. All requests of a batch
-are submitted at once and the replica holds several batches, so the engine always has work.
-Seeds derive from (base seed, row id, slot, attempt): a re-run asks exactly the same questions.
+The judging format (stages/formats/) says what a row asks: per pending row, its answer orders x
+`samples` slots, each a prompt of the format; a verdict that does not parse is asked again with a
+new seed, up to `max_retries` times. All requests of a batch are submitted at once and the replica
+holds several batches, so the engine always has work. Seeds derive from (base seed, row id, slot,
+attempt): a re-run asks exactly the same questions. The format aggregates a row's verdicts into
+its result columns.
 
 A request the engine rejects (prompt too long, bad media) fails its row only; a row with a slot
 still unparsed after its retries fails with `unparsed_verdict`, its raw texts kept in `judgments`.
@@ -19,64 +21,74 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import pyarrow as pa
+from pydantic import Field
 
-from pipelines.config import JudgeConfig, Mode
-from stages.base import ERROR, ERROR_STAGE, Stage, column_or_nulls, describe_exception, settled_mask, with_columns
+from stages.base import Settlement, Stage, with_columns
+from stages.config import ConfigSection
 from stages.decode import DecodeStage, decoded_media
-from stages.engine_api import Completion, Engine, JudgeRequest, RequestRejected
-from stages.normalize import MEDIA_COLUMNS
-from stages.prompts import JudgePrompt
-from stages.schema import JUDGMENT_TYPE
-from stages.verdicts import REASON_UNPARSED, Verdict, aggregate_pairwise, aggregate_single
+from stages.engines.api import Completion, Engine, JudgeRequest, RequestRejected
+from stages.engines.config import EngineConfig, SamplingConfig
+from stages.engines.factory import EngineFactory
+from stages.formats.base import JUDGMENT_TYPE, JudgingFormat
+from stages.formats.verdicts import Verdict
+from stages.rows import MODALITIES
 
-PAIRWISE_COLUMNS: dict[str, pa.DataType] = {
-    "score_a": pa.float64(),
-    "score_b": pa.float64(),
-    "votes_a": pa.int32(),
-    "votes_b": pa.int32(),
-    "votes_tie": pa.int32(),
-    "order_agreement": pa.bool_(),
-    "winner": pa.string(),
-    "margin": pa.float64(),
-}
-SINGLE_COLUMNS: dict[str, pa.DataType] = {"score": pa.float64()}
-COMMON_COLUMNS: dict[str, pa.DataType] = {"judge_model": pa.string(), "judgments": pa.list_(JUDGMENT_TYPE)}
+JUDGE_COLUMNS: dict[str, pa.DataType] = {"judge_model": pa.string(), "judgments": pa.list_(JUDGMENT_TYPE)}
 
 
-class UnparsedVerdict(ValueError):
-    pass
+class JudgeConfig(ConfigSection):
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    replicas: int = Field(default=1, ge=1, description="Fixed number of judge actors (engine replicas).")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per replica.")
+    batch_size: int = Field(default=32, ge=1, description="Rows per batch handed to a replica.")
+    batches_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="Batches a replica holds at once, so its engine never waits for the next. None: enough "
+        "that the replica holds about 8x engine.max_num_seqs requests (a batch returns when its slowest "
+        "verdict does, so most of a batch's slots sit idle while its long tail decodes).",
+    )
+    cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs reserved per judge actor.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per judge actor, e.g. {judge_node: 1} to pin the pool to labelled nodes.",
+    )
+    swap_order: bool = Field(default=True, description="Pairwise: judge both answer orders (position-bias remedy).")
+    samples: int = Field(default=1, ge=1, description="Verdicts per order; scores are averaged and votes counted.")
+    max_retries: int = Field(default=2, ge=0, description="Re-asks (new seed) of a verdict that did not parse.")
+    quarantine_after_crashes: int = Field(
+        default=2,
+        ge=1,
+        description="A row in flight during this many replica deaths (the last time alone) goes to errors/ "
+        "as replica_crash instead of being retried forever.",
+    )
+    structured_output: bool | None = Field(
+        default=None, description="Constrain text to the verdict regex; None: on for the CPU engine only."
+    )
+    reasoning_max_chars: int = Field(
+        default=4000, gt=0, description="With structured output, most characters allowed before </think>."
+    )
+    prefill_think: bool = Field(default=False, description="Start the assistant turn with '<think>\\n' as in training.")
+
+    def gpus_per_replica(self) -> int:
+        """GPUs one judge actor asks for: tensor parallel x 1 on a CUDA vLLM engine, none otherwise."""
+        on_gpu = self.engine.device == "cuda" and self.engine.backend == "vllm"
+        return self.tensor_parallel_size if on_gpu else 0
+
+    def engine_threads(self) -> int:
+        """Torch threads of a replica's CPU engine: engine.cpu_threads, else the actor's whole CPUs."""
+        return self.engine.cpu_threads or max(1, int(self.cpus_per_replica))
+
+    def structured(self) -> bool:
+        if self.structured_output is None:
+            return self.engine.device == "cpu"
+        return self.structured_output
 
 
 def request_seed(base: int, row_id: str, order: str, sample: int, attempt: int) -> int:
     digest = hashlib.blake2b(f"{base}:{row_id}:{order}:{sample}:{attempt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**31 - 1)
-
-
-@dataclass
-class ConfiguredEngineFactory:
-    """Builds the configured engine inside the judge actor (never on the driver)."""
-
-    judge: JudgeConfig
-    guided_regex: str | None
-
-    def __call__(self) -> Engine:
-        engine = self.judge.engine
-        if engine.backend == "simulated":
-            from stages.simulated_engine import LatencyModel, SimulatedEngine
-
-            sim = engine.simulation
-            latency = LatencyModel(seconds_per_token=sim.seconds_per_token, median_tokens=sim.median_tokens,
-                                   sigma=sim.sigma, max_tokens=self.judge.sampling.max_tokens)
-            return SimulatedEngine(latency=latency, concurrency=sim.concurrency)
-        from stages.vllm_engine import VllmEngine
-
-        return VllmEngine(
-            engine,
-            self.judge.sampling,
-            guided_regex=self.guided_regex,
-            tensor_parallel_size=self.judge.tensor_parallel_size,
-            cpu_threads=self.judge.engine_threads(),
-        )
 
 
 @dataclass
@@ -86,7 +98,7 @@ class _RowJob:
     prompts: dict[str, str]  # order -> prompt
     media: dict[str, Any]
     verdicts: list[Verdict] = field(default_factory=list)
-    error: str | None = None
+    error: Exception | None = None
 
 
 class _Slot(NamedTuple):
@@ -115,15 +127,26 @@ def auto_batches_in_flight(max_num_seqs: int, batch_size: int, requests_per_row:
 class JudgeStage(Stage):
     name = "judge"
 
-    def __init__(self, mode: Mode, judge: JudgeConfig, engine_factory: Callable[[], Engine] | None = None) -> None:
-        self.mode = mode
+    def __init__(self, fmt: JudgingFormat, judge: JudgeConfig, engine_factory: Callable[[], Engine] | None = None) -> None:
+        self.fmt = fmt
         self.judge = judge
-        self.prompt = JudgePrompt(mode, judge.engine.resolved_family(), judge.prefill_think)
-        regex = self.prompt.regex(judge.reasoning_max_chars) if judge.structured() else None
-        self.engine_factory = engine_factory or ConfiguredEngineFactory(judge, regex)
-        self.orders = ("ab", "ba") if mode == "pairwise" and judge.swap_order else ("ab",)
-        self.needs = ("id", "question", "response_a", "response_b", "response", *MEDIA_COLUMNS, *DecodeStage.adds)
-        self.adds = {**(PAIRWISE_COLUMNS if mode == "pairwise" else SINGLE_COLUMNS), **COMMON_COLUMNS}
+        self.family = judge.engine.resolved_family()
+        self.orders = fmt.orders(judge.swap_order)
+        regex = (
+            fmt.verdict_regex(reasoning_max_chars=judge.reasoning_max_chars, prefill_think=judge.prefill_think)
+            if judge.structured()
+            else None
+        )
+        self.engine_factory = engine_factory or EngineFactory(
+            judge.engine,
+            judge.sampling,
+            guided_regex=regex,
+            simulated_verdict=fmt.simulated_verdict,
+            tensor_parallel_size=judge.tensor_parallel_size,
+            cpu_threads=judge.engine_threads(),
+        )
+        self.needs = ("id", "question", *fmt.answer_columns, *MODALITIES, *DecodeStage.adds)
+        self.adds = {**fmt.result_columns, **JUDGE_COLUMNS}
         self.batch_size = judge.batch_size
         self.pool_size = judge.replicas
         self.batches_in_flight = judge.batches_in_flight or auto_batches_in_flight(
@@ -131,8 +154,7 @@ class JudgeStage(Stage):
         )
         self.quarantine_after = judge.quarantine_after_crashes
         self.num_cpus = judge.cpus_per_replica
-        on_gpu = judge.engine.device == "cuda" and judge.engine.backend == "vllm"
-        self.num_gpus = judge.tensor_parallel_size if on_gpu else 0
+        self.num_gpus = judge.gpus_per_replica()
         self.engine: Engine | None = None
 
     def ray_remote_args(self) -> dict[str, Any]:
@@ -148,44 +170,33 @@ class JudgeStage(Stage):
             self.engine = None
 
     def process(self, table: pa.Table) -> pa.Table:
-        settled = settled_mask(table)
+        settlement = Settlement(table)
         rows = table.select([c for c in self.needs if c in table.column_names]).to_pylist()
-        error_stage, error_text = column_or_nulls(table, ERROR_STAGE), column_or_nulls(table, ERROR)
         jobs: list[_RowJob] = []
-        for index, row in enumerate(rows):
-            if settled[index]:
-                continue
+        for index in settlement.pending():
             try:
-                jobs.append(self._job(index, row))
+                jobs.append(self._job(index, rows[index]))
             except Exception as exc:  # a row whose prompt cannot be built is data, not a crash
-                error_stage[index], error_text[index] = self.name, describe_exception(exc)
+                settlement.fail(index, self.name, exc)
         self._run(jobs)
         out: dict[str, list[Any]] = {column: [None] * table.num_rows for column in self.adds}
         for job in jobs:
             for column, value in self._row_columns(job).items():
                 out[column][job.index] = value
             if job.error is not None:
-                error_stage[job.index], error_text[job.index] = self.name, job.error
-        out[ERROR_STAGE], out[ERROR] = error_stage, error_text
-        types = {**self.adds, ERROR_STAGE: pa.string(), ERROR: pa.string()}
+                settlement.fail(job.index, self.name, job.error)
         # Decoded pixels and samples are the bulk of a row and nothing after the judge reads them:
         # dropping them here keeps label/write batches small and the object store free.
         decoded = [c for c in DecodeStage.adds if c in table.column_names]
-        return with_columns(table.drop_columns(decoded), out, types)
+        return settlement.apply(with_columns(table.drop_columns(decoded), out, self.adds))
 
     def _job(self, index: int, row: dict[str, Any]) -> _RowJob:
         media = decoded_media(row)
-        fps = media.pop("video_fps", None)
-        if "video" in media and fps:
-            media["video"] = (media["video"], {"fps": fps})  # the engine's form for sampled frames
-        modalities = [m for m in MEDIA_COLUMNS if m in media]
-        if self.mode == "pairwise":
-            prompts = {
-                order: self.prompt.build_pairwise(row["question"], row["response_a"], row["response_b"], modalities, order)
-                for order in self.orders
-            }
-        else:
-            prompts = {"ab": self.prompt.build(row["question"], [row["response"]], modalities)}
+        modalities = [m for m in MODALITIES if m in media]
+        prompts = {
+            order: self.fmt.prompt(row, order, modalities, self.family, prefill_think=self.judge.prefill_think)
+            for order in self.orders
+        }
         return _RowJob(index=index, row_id=row["id"], prompts=prompts, media=media)
 
     def _submit(self, job: _RowJob, order: str, sample: int, attempt: int) -> tuple[Future[Completion], _Slot]:
@@ -214,12 +225,11 @@ class JudgeStage(Stage):
                 try:
                     completion = future.result()
                 except RequestRejected as exc:
-                    job.error = job.error or describe_exception(exc)
+                    job.error = job.error or exc
                     continue
-                verdict = Verdict.from_text(
+                verdict = self.fmt.read(
                     completion.text,
-                    self.mode,
-                    order=order,  # type: ignore[arg-type]
+                    order=order,
                     sample=sample,
                     attempt=attempt,
                     seed=seed,
@@ -240,25 +250,7 @@ class JudgeStage(Stage):
         }
         if job.error is not None:
             return columns
-        if self.mode == "pairwise":
-            result = aggregate_pairwise(job.verdicts)
-            columns.update(
-                score_a=result.mean_a,
-                score_b=result.mean_b,
-                votes_a=result.votes_a,
-                votes_b=result.votes_b,
-                votes_tie=result.ties,
-                order_agreement=result.order_agreement,
-                winner=result.winner,
-                margin=result.margin,
-            )
-        else:
-            single = aggregate_single(job.verdicts)
-            columns["score"] = single.mean_score
-            result = single  # type: ignore[assignment]
-        if result.any_unparsed:
-            slots = ", ".join(f"{o}:{s}" for o, s in result.unparsed_slots)
-            job.error = describe_exception(
-                UnparsedVerdict(f"[{REASON_UNPARSED}] no parsable verdict after {self.judge.max_retries + 1} attempts (slots {slots})")
-            )
+        result = self.fmt.aggregate(job.verdicts)
+        columns.update(result.columns())
+        job.error = self.fmt.unparsed_error(result, attempts=self.judge.max_retries + 1)
         return columns

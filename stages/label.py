@@ -1,8 +1,8 @@
-"""Apply the filter rules to each judged row: keep it, or drop it with a reason.
+"""Apply the judging format's label rules to each judged row: keep it, or drop it with a reason.
 
-Decisions come from `stages.verdicts` (rules and their order are documented there), re-derived
-from the row's own `judgments`, so a row's outcome can always be recomputed from its outputs.
-Pairwise kept rows get `chosen` / `rejected` texts and their mean scores.
+Decisions are re-derived from the row's own `judgments` (stages/formats/ documents each format's
+rules and their order), so a row's outcome can always be recomputed from its outputs. Kept rows
+get the format's label columns (pairwise: `chosen` / `rejected` texts and their mean scores).
 """
 from __future__ import annotations
 
@@ -10,68 +10,29 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.config import FilterConfig, Mode
-from stages.base import DROP_REASON, RowStage
-from stages.verdicts import DROPPED, KEPT, Verdict, aggregate_pairwise, aggregate_single, decide_pairwise, decide_single
-
-PAIRWISE_LABELS: dict[str, pa.DataType] = {
-    "chosen": pa.string(),
-    "rejected": pa.string(),
-    "score_chosen": pa.float64(),
-    "score_rejected": pa.float64(),
-}
-
-
-def verdicts_of(judgments: list[dict[str, Any]]) -> list[Verdict]:
-    return [
-        Verdict(
-            order=j["order"],
-            sample=j["sample"],
-            attempt=j["attempt"],
-            seed=j["seed"],
-            text=j["text"],
-            scores=tuple(j["scores"]) if j["scores"] is not None else None,
-            prompt_tokens=j["prompt_tokens"] or 0,
-            output_tokens=j["output_tokens"] or 0,
-            finish_reason=j["finish_reason"],
-        )
-        for j in judgments
-    ]
+from stages.base import RowStage
+from stages.config import ConfigSection
+from stages.formats.base import REASON_UNPARSED, JudgingFormat, UnparsedVerdict
+from stages.formats.verdicts import Verdict
+from stages.rows import DROP_REASON, DROPPED, KEPT
 
 
 class LabelStage(RowStage):
     name = "label"
     num_cpus = 0.25
 
-    def __init__(self, mode: Mode, rules: FilterConfig, batch_size: int = 64) -> None:
-        self.mode = mode
-        self.rules = rules
+    def __init__(self, fmt: JudgingFormat, rules: ConfigSection, batch_size: int = 64) -> None:
+        self.fmt = fmt
+        self.rules = rules  # the run's `filter` section: every format's rules, this format's among them
         self.batch_size = batch_size
-        self.needs = ("response_a", "response_b", "judgments")
-        self.adds = {DROP_REASON: pa.string(), **(PAIRWISE_LABELS if mode == "pairwise" else {})}
+        self.needs = (*fmt.answer_columns, "judgments")
+        self.adds: dict[str, pa.DataType] = {DROP_REASON: pa.string(), **fmt.label_columns}
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        verdicts = verdicts_of(row["judgments"] or [])
-        if self.mode == "single":
-            outcome, reason = decide_single(aggregate_single(verdicts), self.rules)
-            return self._settle(outcome, reason, {})
-        result = aggregate_pairwise(verdicts)
-        outcome, reason = decide_pairwise(result, self.rules)
-        labels: dict[str, Any] = {}
-        if outcome == KEPT:
-            a_wins = result.winner == "a"
-            labels = {
-                "chosen": row["response_a"] if a_wins else row["response_b"],
-                "rejected": row["response_b"] if a_wins else row["response_a"],
-                "score_chosen": result.chosen_score,
-                "score_rejected": result.rejected_score,
-            }
-        return self._settle(outcome, reason, labels)
-
-    @staticmethod
-    def _settle(outcome: str, reason: str | None, labels: dict[str, Any]) -> dict[str, Any]:
+        result = self.fmt.aggregate([Verdict.from_dict(j) for j in row["judgments"] or []])
+        outcome, reason = self.fmt.decide(result, self.rules)
         if outcome == DROPPED:
             return {DROP_REASON: reason}
         if outcome != KEPT:  # the judge stage already routes unparsed verdicts; never keep one
-            raise ValueError(f"[{reason}] row reached labelling without a usable verdict")
-        return labels
+            raise UnparsedVerdict(reason or REASON_UNPARSED, "row reached labelling without a usable verdict")
+        return self.fmt.labels(row, result)

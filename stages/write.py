@@ -1,8 +1,9 @@
 """Route each judged row to its output and write the batch's files; return the batch's tallies.
 
-Every row lands in exactly one of kept/, dropped/ or errors/ (the accounting invariant);
-pairwise kept rows also become DPO rows in preferences/, and every raw verdict goes to judgments/.
-Files appear atomically and a batch counts only once its manifest is written (stages/commit.py).
+Every row lands in exactly one of kept/, dropped/ or errors/ (the accounting invariant); kept rows
+also become the judging format's preference rows in preferences/ (pairwise: DPO pairs), and every
+raw verdict goes to judgments/. Files appear atomically and a batch counts only once its manifest
+is written (stages/storage/commit.py).
 """
 from __future__ import annotations
 
@@ -15,68 +16,47 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
+from pydantic import Field
 
-from pipelines.config import Mode
-from stages.commit import commit_batch, filesystem_for, write_atomically
-from stages.base import DROP_REASON, ERROR, ERROR_STAGE, Stage, column_or_nulls
-from stages.normalize import MEDIA_COLUMNS
-from stages.schema import JUDGMENT_FIELDS, PREFERENCE_SCHEMA
-from stages.prompts import trl_user_message
+from stages.base import Stage, column_or_nulls
+from stages.config import ConfigSection
+from stages.formats.base import JUDGMENT_FIELDS, JudgingFormat
+from stages.rows import (
+    DROP_REASON,
+    DROPPED,
+    ERROR_COLUMNS,
+    ERROR_REASON,
+    ERROR_STAGE,
+    ERRORS,
+    KEPT,
+    OUTCOMES,
+    outcome_of,
+)
+from stages.storage.commit import commit_batch
+from stages.storage.files import filesystem_for, write_atomically
 
-OUTCOMES = ("kept", "dropped", "errors")
 JUDGMENTS = "judgments"
+PREFERENCES = "preferences"
 STATS_TYPE = pa.string()
 
 
-def outcome_of(error_stage: str | None, drop_reason: str | None) -> str:
-    if error_stage is not None:
-        return "errors"
-    return "dropped" if drop_reason is not None else "kept"
-
-
-def error_reason(error: str | None) -> str:
-    """`MediaError: [image_undecodable] ...` -> image_undecodable; otherwise the exception type."""
-    if not error:
-        return "unknown"
-    kind, _, message = error.partition(": ")
-    if message.startswith("[") and "]" in message:
-        return message[1 : message.index("]")]
-    return kind
-
-
-def _assistant(text: str) -> list[dict[str, Any]]:
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
-
-def preference_rows(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for row in kept:
-        media = [m for m in MEDIA_COLUMNS if row.get(m) is not None]
-        rows.append(
-            {
-                "id": row["id"],
-                "prompt": [trl_user_message(row["question"], media)],
-                "chosen": _assistant(row["chosen"]),
-                "rejected": _assistant(row["rejected"]),
-                "images": [row["image"]] if row.get("image") else [],
-                "audios": [row["audio"]] if row.get("audio") else [],
-                "videos": [row["video"]] if row.get("video") else [],
-                "score_chosen": row["score_chosen"],
-                "score_rejected": row["score_rejected"],
-                "margin": row["margin"],
-                "judge_model": row["judge_model"],
-            }
-        )
-    return rows
+class OutputConfig(ConfigSection):
+    path: str = Field(default="", description="Output directory or URI; usually given with --output.")
+    overwrite: bool = Field(default=False, description="Replace a finished run in the same directory.")
+    rows_per_file: int = Field(
+        default=1000,
+        gt=0,
+        description="Rows per written file and per commit: an interrupted run redoes at most this many rows per writer.",
+    )
 
 
 class WriteStage(Stage):
     name = "write"
     num_cpus = 0.5
 
-    def __init__(self, output_path: str, mode: Mode, batch_size: int = 256) -> None:
+    def __init__(self, output_path: str, fmt: JudgingFormat, batch_size: int = 256) -> None:
         self.output_path = output_path.rstrip("/")
-        self.mode = mode
+        self.fmt = fmt
         self.batch_size = batch_size
         self.adds = {"stats": STATS_TYPE}
 
@@ -93,31 +73,30 @@ class WriteStage(Stage):
         parts: dict[str, pa.Table] = {}
         for name in OUTCOMES:
             indices = [i for i, o in enumerate(outcome) if o == name]
-            columns = [c for c in visible if not self._hidden_in(name, c)]
+            columns = [c for c in visible if not _hidden_in(name, c)]
             parts[name] = table.select(columns).take(pa.array(indices, pa.int64()))
-        if self.mode == "pairwise":
-            needed = ["id", "question", "chosen", "rejected", "score_chosen", "score_rejected", "margin", "judge_model", *MEDIA_COLUMNS]
-            kept = parts["kept"]
-            rows = preference_rows(kept.select([c for c in needed if c in kept.column_names]).to_pylist())
-            parts["preferences"] = pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA)
+        preferences = self.fmt.preference_rows(parts[KEPT])
+        if preferences is not None:
+            parts[PREFERENCES] = preferences
         if JUDGMENTS in table.column_names:
-            parts["judgments"] = judgment_table(table)
+            parts[JUDGMENTS] = judgment_table(table)
         files = []
         for name, part in parts.items():
             if part.num_rows:
                 files.append(f"{name}/part-{batch}.parquet")
                 write_atomically(self._fs, f"{self._root}/{files[-1]}", part)
-        stats = batch_stats(table, outcome)
+        stats = batch_stats(table, outcome, self.fmt.histograms)
         commit_batch(self._fs, self._root, batch, files, table.column("id").to_pylist(), stats)
         return pa.table({"stats": [json.dumps(stats)]})
 
-    @staticmethod
-    def _hidden_in(outcome: str, column: str) -> bool:
-        if outcome == "kept":
-            return column in (ERROR_STAGE, ERROR, DROP_REASON)
-        if outcome == "dropped":
-            return column in (ERROR_STAGE, ERROR)
-        return column == DROP_REASON
+
+def _hidden_in(outcome: str, column: str) -> bool:
+    """Outcome columns show only where they mean something: errors/ has no drop_reason, and so on."""
+    if outcome == KEPT:
+        return column in ERROR_COLUMNS or column == DROP_REASON
+    if outcome == DROPPED:
+        return column in ERROR_COLUMNS
+    return column == DROP_REASON
 
 
 def judgment_table(table: pa.Table) -> pa.Table:
@@ -135,19 +114,21 @@ def _histogram(values: list[float | None], width: float) -> dict[str, int]:
     return dict(counts)
 
 
-def batch_stats(table: pa.Table, outcome: list[str]) -> dict[str, Any]:
+def batch_stats(table: pa.Table, outcome: list[str], histograms: dict[str, float]) -> dict[str, Any]:
+    """The batch's tallies (summed into report.json): outcomes, reasons, kept rows' score histograms
+    (`histograms`: column -> bin width), judge requests and tokens."""
     errors = column_or_nulls(table, ERROR_STAGE)
-    error_text = column_or_nulls(table, ERROR)
+    reasons = column_or_nulls(table, ERROR_REASON)
     drops = column_or_nulls(table, DROP_REASON)
-    kept = [o == "kept" for o in outcome]
+    kept = [o == KEPT for o in outcome]
     stats: dict[str, Any] = {
         "rows": table.num_rows,
         "outcomes": dict(Counter(outcome)),
         "drop_reasons": dict(Counter(d for d in drops if d is not None)),
         "error_stages": dict(Counter(e for e in errors if e is not None)),
-        "error_reasons": dict(Counter(error_reason(t) for e, t in zip(errors, error_text) if e is not None)),
+        "error_reasons": dict(Counter(r for e, r in zip(errors, reasons) if e is not None)),
     }
-    for column, width in (("score_chosen", 1.0), ("score_rejected", 1.0), ("margin", 1.0), ("score", 0.5)):
+    for column, width in histograms.items():
         values = column_or_nulls(table, column)
         stats[f"hist_{column}"] = _histogram([v for v, k in zip(values, kept) if k], width)
     if JUDGMENTS in table.column_names:
@@ -169,21 +150,22 @@ def _first_schema(filesystem: pafs.FileSystem, root: str) -> pa.Schema | None:
     return None
 
 
-def complete_outputs(filesystem: pafs.FileSystem, root: str, mode: Mode) -> None:
+def complete_outputs(filesystem: pafs.FileSystem, root: str, fmt: JudgingFormat) -> None:
     """Give every output that received no rows one empty file with its schema.
 
     A reader (pyarrow, `datasets`) then finds each output of a finished run, even one with no rows.
     """
     row_schema = _first_schema(filesystem, root) or pa.schema([("id", pa.string())])
-    base = [f for f in row_schema if f.name not in (ERROR_STAGE, ERROR, DROP_REASON)]
+    base = [f for f in row_schema if f.name not in ERROR_COLUMNS and f.name != DROP_REASON]
     schemas = {
-        "kept": pa.schema(base),
-        "dropped": pa.schema([*base, pa.field(DROP_REASON, pa.string())]),
-        "errors": pa.schema([*base, pa.field(ERROR_STAGE, pa.string()), pa.field(ERROR, pa.string())]),
-        "judgments": pa.schema([pa.field("id", pa.string()), *JUDGMENT_FIELDS]),
+        KEPT: pa.schema(base),
+        DROPPED: pa.schema([*base, pa.field(DROP_REASON, pa.string())]),
+        ERRORS: pa.schema([*base, *(pa.field(name, kind) for name, kind in ERROR_COLUMNS.items())]),
+        JUDGMENTS: pa.schema([pa.field("id", pa.string()), *JUDGMENT_FIELDS]),
     }
-    if mode == "pairwise":
-        schemas["preferences"] = PREFERENCE_SCHEMA
+    preferences = fmt.preference_schema()
+    if preferences is not None:
+        schemas[PREFERENCES] = preferences
     for name, schema in schemas.items():
         directory = f"{root}/{name}"
         existing = filesystem.get_file_info(pafs.FileSelector(directory, allow_not_found=True))

@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import EXIT_OK, main
+from jobs.cli import main
 from jobs.demo import DEMO_CONFIG
+from jobs.runtime import ExitCode
 
 pytestmark = pytest.mark.e2e
 SIMULATED = ["--set", "judge.engine.backend=simulated", "--set", "max_error_fraction=1"]
@@ -42,25 +43,25 @@ def test_three_nights_process_only_new_and_changed_shards(tmp_path, ray_session)
     shard(landing / "a.parquet", "a", 3)
     shard(landing / "b.parquet", "b", 2)
 
-    assert night(tmp_path, "2026-11-25") == EXIT_OK
+    assert night(tmp_path, "2026-11-25") == ExitCode.OK
     first = tmp_path / "curated" / "run_date=2026-11-25"
     assert ids(first) == {"a-0", "a-1", "a-2", "b-0", "b-1"} and (first / "_SUCCESS").exists()
     state = json.loads((tmp_path / "state.json").read_text())
     assert {Path(p).name for p in state["shards"]} == {"a.parquet", "b.parquet"}
 
     shard(landing / "c.parquet", "c", 2)  # a new shard; a and b unchanged
-    assert night(tmp_path, "2026-11-26") == EXIT_OK
+    assert night(tmp_path, "2026-11-26") == ExitCode.OK
     assert ids(tmp_path / "curated" / "run_date=2026-11-26") == {"c-0", "c-1"}
 
     shard(landing / "b.parquet", "b2", 4)  # b is rewritten with new content
-    assert night(tmp_path, "2026-11-27") == EXIT_OK
+    assert night(tmp_path, "2026-11-27") == ExitCode.OK
     assert ids(tmp_path / "curated" / "run_date=2026-11-27") == {"b2-0", "b2-1", "b2-2", "b2-3"}
     assert ids(first) == {"a-0", "a-1", "a-2", "b-0", "b-1"}  # earlier nights are left as they were
 
-    assert night(tmp_path, "2026-11-28") == EXIT_OK  # nothing new: no partition, state unchanged
+    assert night(tmp_path, "2026-11-28") == ExitCode.OK  # nothing new: no partition, state unchanged
     assert not (tmp_path / "curated" / "run_date=2026-11-28").exists()
 
-    assert night(tmp_path, "2026-11-29", "--reprocess") == EXIT_OK  # a backfill of everything
+    assert night(tmp_path, "2026-11-29", "--reprocess") == ExitCode.OK  # a backfill of everything
     assert len(ids(tmp_path / "curated" / "run_date=2026-11-29")) == 3 + 4 + 2
 
 

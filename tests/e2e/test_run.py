@@ -7,9 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import EXIT_OK, EXIT_REJECTED, main
+from jobs.cli import main
 from jobs.demo import DEMO_CONFIG, demo_rows, write_demo_shards
-from stages.schema import PREFERENCE_SCHEMA
+from jobs.runtime import ExitCode
+from stages.formats.preferences import preference_schema
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 ROWS = 18
@@ -31,7 +32,7 @@ def ids(directory: Path) -> list[str]:
 
 def test_run_succeeds_and_writes_every_output(finished_run):
     code, _, output = finished_run
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     for name in OUTPUTS:
         assert (output / name).is_dir(), name
     assert (output / "report.json").is_file() and (output / "_SUCCESS").is_file()
@@ -48,8 +49,10 @@ def test_broken_rows_are_routed_with_stage_and_reason(finished_run):
     _, _, output = finished_run
     errors = {r["kind"]: r for r in pq.read_table(output / "errors").to_pylist()}
     assert errors["broken-image"]["error_stage"] == "decode" and "MediaError" in errors["broken-image"]["error"]
-    assert errors["not-audio"]["error_stage"] == "decode"
+    assert errors["broken-image"]["error_reason"] == "image_undecodable"
+    assert errors["not-audio"]["error_stage"] == "decode" and errors["not-audio"]["error_reason"] == "audio_undecodable"
     assert errors["empty-question"]["error_stage"] == "normalize"
+    assert errors["empty-question"]["error_reason"] == "empty_question"
     dropped = {r["kind"]: r for r in pq.read_table(output / "dropped").to_pylist()}
     assert dropped["identical-answers"]["drop_reason"] == "identical_responses"
 
@@ -80,7 +83,7 @@ def test_preferences_load_with_datasets_in_trl_format(finished_run):
     datasets = pytest.importorskip("datasets")
     _, _, output = finished_run
     table = pq.read_table(output / "preferences")
-    assert table.schema.equals(PREFERENCE_SCHEMA, check_metadata=False)
+    assert table.schema.equals(preference_schema(), check_metadata=False)
     loaded = datasets.load_dataset("parquet", data_dir=str(output / "preferences"), split="train")
     assert len(loaded) == len(ids(output / "kept"))
     if len(loaded):
@@ -91,13 +94,13 @@ def test_preferences_load_with_datasets_in_trl_format(finished_run):
 def test_rerun_into_a_finished_run_is_refused(finished_run):
     _, root, output = finished_run
     code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(root / "input"), "--output", str(output)])
-    assert code == EXIT_REJECTED
+    assert code == ExitCode.REJECTED
 
 
 def test_bad_config_is_rejected_before_anything_starts(tmp_path, capsys):
     code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                  "--set", "judge.replicas=0"])
-    assert code == EXIT_REJECTED
+    assert code == ExitCode.REJECTED
     assert "judge.replicas" in capsys.readouterr().err
 
 
@@ -106,7 +109,7 @@ def test_missing_column_names_shard_and_column(tmp_path, capsys):
 
     pq.write_table(pa.table({"question": ["q"], "response_a": ["a"]}), tmp_path / "bad.parquet")
     code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
-    assert code == EXIT_REJECTED
+    assert code == ExitCode.REJECTED
     err = capsys.readouterr().err
     assert "bad.parquet" in err and "response_b" in err
 

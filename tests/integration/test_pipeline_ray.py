@@ -10,11 +10,12 @@ import pytest
 from jobs.demo import write_demo_shards
 from pipelines.config import load_config
 from pipelines.curate import OutputExists, run_curation
-from stages.simulated_engine import SimulatedEngine
+from stages.engines.simulated import SimulatedEngine
+from stages.formats.pairwise import PairwiseFormat
 
 
 def simulated_engine() -> SimulatedEngine:
-    return SimulatedEngine()
+    return SimulatedEngine(PairwiseFormat().simulated_verdict)
 
 
 def config(root, **overrides):

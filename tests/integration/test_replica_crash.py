@@ -12,8 +12,11 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.curate import run_curation
-from stages.engine_api import JudgeRequest
-from stages.simulated_engine import SimulatedEngine, seeded_scores
+from stages.engines.api import JudgeRequest
+from stages.engines.simulated import SimulatedEngine
+from stages.formats.pairwise import PairwiseFormat
+
+seeded_scores = PairwiseFormat().simulated_verdict
 
 pytestmark = pytest.mark.e2e
 CRASH = re.compile(r"CRASH-ONCE (\S+) question")
@@ -84,4 +87,5 @@ def test_row_that_kills_the_replica_every_time_is_quarantined(tmp_path, ray_sess
     assert [i for i, outcome in where.items() if outcome == "errors"] == ["r5"]
     [error] = pq.read_table(tmp_path / "out" / "errors").to_pylist()
     assert error["error_stage"] == "judge" and "[replica_crash]" in error["error"]
+    assert error["error_reason"] == "replica_crash"
     assert result.report["error_reasons"] == {"replica_crash": 1}

@@ -10,9 +10,9 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from pipelines.config import EngineConfig, SamplingConfig
-from stages.engine_api import Completion, EngineDead, JudgeRequest, RequestRejected
-from stages.vllm_engine import VllmEngine, engine_args, to_vllm_prompt
+from stages.engines.api import Completion, EngineDead, JudgeRequest, RequestRejected
+from stages.engines.config import EngineConfig, SamplingConfig
+from stages.engines.vllm_engine import VllmEngine, engine_args, to_vllm_prompt
 
 PAIRWISE_REGEX = r"[\s\S]{0,200}</think>\s*<answer>(10|[1-9])</answer><answer>(10|[1-9])</answer>"
 IMAGE = "<|vision_bos|><|IMAGE|><|vision_eos|>"
@@ -34,7 +34,7 @@ def media() -> dict[str, Any]:
     rng = np.random.default_rng(0)
     return {
         "image": rng.integers(0, 256, (180, 240, 3), dtype=np.uint8),
-        "audio": (0.1 * rng.standard_normal(16_000 * 2)).astype(np.float32),
+        "audio": ((0.1 * rng.standard_normal(16_000 * 2)).astype(np.float32), 16_000),
         "video": rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8),
     }
 
@@ -266,7 +266,11 @@ def test_engine_args_and_prompt_conversion() -> None:
     with pytest.raises(ValueError, match="unsupported modality"):
         to_vllm_prompt(JudgeRequest("r", "p", {"depth": m["image"]}))
     with pytest.raises(ValueError, match="audio must be a 1-D float32"):
-        to_vllm_prompt(JudgeRequest("r", AUDIO, {"audio": m["audio"].astype(np.float64)}))
+        to_vllm_prompt(JudgeRequest("r", AUDIO, {"audio": (m["audio"][0].astype(np.float64), 16_000)}))
+    with pytest.raises(ValueError, match=r"audio must be given as \(samples, sample_rate\)"):
+        to_vllm_prompt(JudgeRequest("r", AUDIO, {"audio": m["audio"][0]}))  # a rate is never assumed
+    resampled = to_vllm_prompt(JudgeRequest("r", AUDIO, {"audio": (m["audio"][0], 24_000)}))
+    assert resampled["multi_modal_data"]["audio"][1] == 24_000  # the rate the clip was decoded at
     with pytest.raises(ValueError, match=r"1 <\|IMAGE\|> placeholder\(s\) for 0 image"):
         to_vllm_prompt(JudgeRequest("r", IMAGE))
     with pytest.raises(ValueError, match=r"0 <\|AUDIO\|> placeholder\(s\) for 1 audio"):

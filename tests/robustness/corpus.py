@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import synthetic_media as sm
+from stages.engines.simulated import SimulatedEngine
+from stages.formats.pairwise import PairwiseFormat
 from stages.normalize import content_id
-from stages.simulated_engine import SimulatedEngine
-from stages.write import error_reason
+from tests import synthetic_media as sm
 
 MEDIA = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 TEXT_COLUMNS = ("question", "response_a", "response_b")
@@ -44,7 +44,7 @@ def schema(text_type: pa.DataType = pa.string()) -> pa.Schema:
 
 
 JUDGED, DROPPED, ERRORS = "judged", "dropped", "errors"
-# Drop reasons only a judged row can get (stages/verdicts.py decide_pairwise).
+# Drop reasons only a judged row can get (stages/formats/pairwise.py PairwiseFormat.decide).
 JUDGING_RULES = {"tie", "order_disagreement", "margin_below_min", "chosen_score_below_min"}
 PROMPT_LIMIT = 20_000  # SimulatedEngine(max_prompt_chars=...): a real row's prompt is ~1-2 k chars
 LONG_TEXT = "lorem ipsum dolor sit amet " * 2_000  # 54 k chars: over the limit
@@ -52,7 +52,7 @@ LONG_TEXT = "lorem ipsum dolor sit amet " * 2_000  # 54 k chars: over the limit
 
 def short_context_engine() -> SimulatedEngine:
     """The engine of every robustness run: seeded verdicts, and a context of PROMPT_LIMIT chars."""
-    return SimulatedEngine(max_prompt_chars=PROMPT_LIMIT)
+    return SimulatedEngine(PairwiseFormat().simulated_verdict, max_prompt_chars=PROMPT_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -323,7 +323,7 @@ def landed(output: Path) -> Landing:
     return Landing(
         kept=rows("kept", [*base, "winner", "score_a", "score_b"]),
         dropped=rows("dropped", [*base, "drop_reason", "winner"]),
-        errors=rows("errors", [*base, "error_stage", "error"]),
+        errors=rows("errors", [*base, "error_stage", "error_reason", "error"]),
         judgments=judgments,
     )
 
@@ -358,12 +358,12 @@ def check_case(case: Case, row_id: str, landing: Landing, orders: int = 2) -> li
         match = _ERROR_FORMAT.match(text)
         if row["error_stage"] != case.stage:
             problems.append(f"{case.name}: error_stage {row['error_stage']!r}, expected {case.stage!r} ({text[:160]})")
-        if error_reason(text) != case.reason:
-            problems.append(f"{case.name}: reason {error_reason(text)!r}, expected {case.reason!r} ({text[:160]})")
+        if row["error_reason"] != case.reason:
+            problems.append(f"{case.name}: reason {row['error_reason']!r}, expected {case.reason!r} ({text[:160]})")
         if match is None:
             problems.append(f"{case.name}: error text not `Type: [reason] detail`: {text[:160]!r}")
-        elif match["reason"] is None and match["type"] != case.reason:
-            problems.append(f"{case.name}: error text carries no [reason] and its type is not the reason: {text[:160]!r}")
+        elif (match["reason"] or match["type"]) != case.reason:
+            problems.append(f"{case.name}: error text names neither [{case.reason}] nor the type: {text[:160]!r}")
     return problems
 
 
@@ -413,5 +413,5 @@ def run_chain(table: pa.Table, cfg: Any, batch_sizes: Iterable[int] = (), engine
             stage.close()
     filesystem, root = pafs.FileSystem.from_uri(cfg.output.path)
     filesystem.create_dir(root, recursive=True)
-    complete_outputs(filesystem, root, cfg.mode)
+    complete_outputs(filesystem, root, cfg.judging_format())
 

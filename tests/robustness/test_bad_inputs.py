@@ -19,12 +19,11 @@ import pytest
 from pipelines.config import InputConfig
 from pipelines.curate import run_curation
 from pipelines.shards import ShardError, discover
+from stages.engines.simulated import SimulatedEngine
+from stages.formats.pairwise import PairwiseFormat
 from stages.normalize import NormalizeStage
-from stages.simulated_engine import SimulatedEngine
-from stages.write import error_reason
 from tests.robustness import corpus as C
 from tests.robustness.corpus import config
-
 
 # --------------------------------------------------------------------------- the corpus run
 
@@ -131,7 +130,7 @@ def test_report_tallies_the_same_reasons(corpus_run):
     assert corpus_run.report["error_reasons"] == dict(expected_errors)
     assert corpus_run.report["error_stages"] == dict(expected_stages)
     assert corpus_run.report["drop_reasons"]["identical_responses"] == 4
-    assert Counter(error_reason(r["error"]) for r in corpus_run.landing.errors) == expected_errors
+    assert Counter(r["error_reason"] for r in corpus_run.landing.errors) == expected_errors
 
 
 # --------------------------------------------------------------------------- duplicate ids
@@ -165,7 +164,7 @@ class RecordingFactory:
     def __call__(self) -> SimulatedEngine:
         with open(self.trace, "a") as handle:
             handle.write("called\n")
-        return SimulatedEngine()
+        return SimulatedEngine(PairwiseFormat().simulated_verdict)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +205,7 @@ def test_mistyped_media_column_fails_fast_naming_shard_and_column(tmp_path, imag
     )
     pq.write_table(table, tmp_path / "img.parquet")
     with pytest.raises(ShardError, match=r"img\.parquet.*'image'"):
-        discover([str(tmp_path / "img.parquet")], "pairwise", InputConfig())
+        discover([str(tmp_path / "img.parquet")], PairwiseFormat(), InputConfig())
 
 
 # --------------------------------------------------------------------------- invalid UTF-8 in a STRING column
@@ -216,11 +215,11 @@ def test_invalid_utf8_in_a_string_column_is_a_row_error(tmp_path):
     question = pa.array([b"fine question", b"bad \xff\xfe question"], pa.binary()).view(pa.string())
     table = pa.table({"id": ["ok", "bad"], "question": question, "response_a": ["a", "a"], "response_b": ["b", "b"]})
     pq.write_table(table, tmp_path / "s.parquet")  # pyarrow writes it unvalidated, as Spark/Hive may
-    normalized = NormalizeStage("pairwise", InputConfig()).process(pq.read_table(tmp_path / "s.parquet"))
+    normalized = NormalizeStage(PairwiseFormat(), InputConfig()).process(pq.read_table(tmp_path / "s.parquet"))
     rows = {r["id"]: r for r in normalized.to_pylist()}
     assert rows["ok"]["error_stage"] is None
     assert rows["bad"]["error_stage"] == "normalize"
-    assert error_reason(rows["bad"]["error"]) == "invalid_text_question"
+    assert rows["bad"]["error_reason"] == "invalid_text_question"
 
 
 # --------------------------------------------------------------------------- invalid UTF-8 in a BINARY column

@@ -1,4 +1,4 @@
-"""stages/media.py: loading under media roots, decoding and bounding images, audio and video."""
+"""stages/media/: loading under media roots, decoding and bounding images, audio and video."""
 from __future__ import annotations
 
 import io
@@ -12,13 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from jobs import synthetic_media as sm
-from pipelines.config import MediaConfig
-from stages import media
-from stages.media import MediaError
+from stages.media import fetch, video
+from stages.media.audio import decode_audio
+from stages.media.config import MediaConfig
+from stages.media.errors import REASONS, MediaError
+from stages.media.fetch import load_media_bytes
+from stages.media.image import decode_image
+from stages.media.resize import FACTOR, resized_shape, smart_resize
+from stages.media.video import decode_video
+from tests import synthetic_media as sm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CFG = MediaConfig()
-DECODERS = {"image": media.decode_image, "audio": media.decode_audio, "video": media.decode_video}
+DECODERS = {"image": decode_image, "audio": decode_audio, "video": decode_video}
 GOOD = sm.good_samples()
 BAD = sm.bad_samples()
 
@@ -30,7 +37,7 @@ def reason_of(call, *args, **kwargs) -> MediaError:
 
 
 def load(value, roots=(), schemes=("file", "s3", "gs"), max_bytes=CFG.max_media_bytes):
-    return media.load_media_bytes(value, media_roots=list(roots), allowed_schemes=list(schemes), max_bytes=max_bytes)
+    return load_media_bytes(value, media_roots=list(roots), allowed_schemes=list(schemes), max_bytes=max_bytes)
 
 
 # --------------------------------------------------------------------------- the error type
@@ -45,10 +52,12 @@ def test_media_error_text_names_reason_and_cause_and_survives_pickling():
     assert (copy.reason, str(copy)) == (err.reason, str(err))
 
 
-def test_every_reason_is_documented_in_the_module_docstring():
-    for reason in media.REASONS:
-        assert f"    {reason} " in media.__doc__
-    assert {expected for _, _, expected in BAD.values()} <= set(media.REASONS)
+def test_every_reason_is_documented_in_the_readme():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
+        documented = readme.read()
+    for reason in REASONS:
+        assert f"`{reason}`" in documented
+    assert {expected for _, _, expected in BAD.values()} <= set(REASONS)
 
 
 # --------------------------------------------------------------------------- good media
@@ -61,7 +70,7 @@ def test_good_samples_decode_within_bounds(name):
     if kind == "image":
         assert result.dtype == np.uint8 and result.ndim == 3 and result.shape[2] == 3
         height, width, _ = result.shape
-        assert height % media.FACTOR == 0 and width % media.FACTOR == 0
+        assert height % FACTOR == 0 and width % FACTOR == 0
         assert CFG.image_min_pixels <= height * width <= CFG.image_max_pixels
         assert result.std() > 0  # content survived
     elif kind == "audio":
@@ -74,7 +83,7 @@ def test_good_samples_decode_within_bounds(name):
         count, height, width, channels = frames.shape
         assert frames.dtype == np.uint8 and channels == 3
         assert count % 2 == 0 and 2 <= count <= CFG.video_max_frames
-        assert height % media.FACTOR == 0 and width % media.FACTOR == 0
+        assert height % FACTOR == 0 and width % FACTOR == 0
         assert CFG.video_min_pixels <= height * width <= CFG.video_max_pixels
         assert fps > 0
 
@@ -97,14 +106,14 @@ def test_bad_samples_raise_their_reason(name):
 
 def test_large_image_is_bounded_by_max_pixels_keeping_aspect():
     for data in (sm.png(1200, 800), sm.jpeg(2400, 1600)):  # the JPEG goes through the DCT draft path
-        pixels = media.decode_image(data, CFG)
+        pixels = decode_image(data, CFG)
         height, width, _ = pixels.shape
         assert height * width <= CFG.image_max_pixels and abs(width / height - 1.5) < 0.1
 
 
 def test_exif_orientation_is_applied():
-    upright = media.decode_image(sm.jpeg(112, 56), CFG)
-    rotated = media.decode_image(sm.jpeg(112, 56, orientation=6), CFG)
+    upright = decode_image(sm.jpeg(112, 56), CFG)
+    rotated = decode_image(sm.jpeg(112, 56, orientation=6), CFG)
     assert upright.shape == (56, 112, 3) and rotated.shape == (112, 56, 3)
     # orientation 6: stored image is displayed rotated 90 degrees clockwise
     assert np.abs(np.rot90(upright, k=-1).astype(int) - rotated.astype(int)).mean() < 8
@@ -113,62 +122,62 @@ def test_exif_orientation_is_applied():
 def test_transparency_is_composited_on_white():
     clear = io.BytesIO()
     Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(clear, "PNG")
-    assert (media.decode_image(clear.getvalue(), CFG) == 255).all()
+    assert (decode_image(clear.getvalue(), CFG) == 255).all()
     palette = Image.new("P", (64, 64), 0)
     palette.info["transparency"] = 0
     buffer = io.BytesIO()
     palette.save(buffer, "PNG", transparency=0)
-    assert (media.decode_image(buffer.getvalue(), CFG) == 255).all()
+    assert (decode_image(buffer.getvalue(), CFG) == 255).all()
 
 
 def test_sixteen_bit_is_scaled_not_clipped():
-    gray = media.decode_image(sm.png16(), CFG)
+    gray = decode_image(sm.png16(), CFG)
     assert gray.min() < 20 and gray.max() > 235 and 100 < gray.mean() < 156
     assert (gray[..., 0] == gray[..., 1]).all()
 
 
 def test_cmyk_matches_rgb_and_gif_keeps_first_frame():
-    rgb = media.decode_image(sm.jpeg(), CFG).astype(int)
-    cmyk = media.decode_image(sm.cmyk_jpeg(), CFG).astype(int)
+    rgb = decode_image(sm.jpeg(), CFG).astype(int)
+    cmyk = decode_image(sm.cmyk_jpeg(), CFG).astype(int)
     assert np.abs(rgb - cmyk).mean() < 12
-    first = media.decode_image(sm.gif_animated(), CFG).reshape(-1, 3).mean(axis=0)
+    first = decode_image(sm.gif_animated(), CFG).reshape(-1, 3).mean(axis=0)
     assert first[0] > 240 and first[2] < 15
 
 
 def test_declared_size_guard_runs_before_decoding():
     tight = CFG.model_copy(update={"image_max_source_pixels": 1000})
-    err = reason_of(media.decode_image, sm.png(64, 48), tight)
+    err = reason_of(decode_image, sm.png(64, 48), tight)
     assert err.reason == "image_too_large" and "64x48" in str(err)
 
 
 def test_pillow_bomb_warning_becomes_image_too_large():
     loose = CFG.model_copy(update={"image_max_source_pixels": 150_000_000})
-    err = reason_of(media.decode_image, sm.png_bomb(10_000, 10_000), loose)  # > Pillow's 89 M warning
+    err = reason_of(decode_image, sm.png_bomb(10_000, 10_000), loose)  # > Pillow's 89 M warning
     assert err.reason == "image_too_large" and "DecompressionBombWarning" in str(err)
 
 
 def test_undecodable_image_names_the_original_exception():
-    err = reason_of(media.decode_image, sm.truncated_png(), CFG)
+    err = reason_of(decode_image, sm.truncated_png(), CFG)
     assert "OSError" in str(err) and isinstance(err.__cause__, OSError)
 
 
 def test_eps_is_not_an_accepted_image_format():
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
-    assert reason_of(media.decode_image, eps, CFG).reason == "image_undecodable"
+    assert reason_of(decode_image, eps, CFG).reason == "image_undecodable"
 
 
 def test_resized_shape_rules():
-    assert reason_of(media.resized_shape, 1, 1, 3136, 200704, "image").reason == "image_too_small"
-    assert reason_of(media.resized_shape, 13, 13, 3136, 200704, "image").reason == "image_too_small"
-    assert media.resized_shape(14, 14, 3136, 200704, "image") == (56, 56)
+    assert reason_of(resized_shape, 1, 1, 3136, 200704, "image").reason == "image_too_small"
+    assert reason_of(resized_shape, 13, 13, 3136, 200704, "image").reason == "image_too_small"
+    assert resized_shape(14, 14, 3136, 200704, "image") == (56, 56)
     # a 200:1 strip bounded to 224*224 rounds its short side to zero in smart_resize
-    assert reason_of(media.resized_shape, 30, 6000, 3136, 224 * 224, "video").reason == "video_aspect_ratio"
-    assert reason_of(media.resized_shape, 10, 3000, 3136, 200704, "image").reason == "image_aspect_ratio"
+    assert reason_of(resized_shape, 30, 6000, 3136, 224 * 224, "video").reason == "video_aspect_ratio"
+    assert reason_of(resized_shape, 10, 3000, 3136, 200704, "image").reason == "image_aspect_ratio"
 
 
 def qwen_smart_resize():
     pytest.importorskip("torch")
-    from stages.torchvision_compat import ensure_torchvision_importable
+    from stages.engines.torchvision_compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     from qwen_omni_utils.v2_5.vision_process import smart_resize
@@ -183,12 +192,12 @@ def test_smart_resize_is_qwens(height, width, bounds):
     # The model was trained on qwen-omni-utils' rule; ours must give the same shape or refuse the same input.
     original = qwen_smart_resize()
     try:
-        expected = original(height, width, media.FACTOR, *bounds)
+        expected = original(height, width, FACTOR, *bounds)
     except ValueError:
         with pytest.raises(ValueError):
-            media.smart_resize(height, width, media.FACTOR, *bounds)
+            smart_resize(height, width, FACTOR, *bounds)
         return
-    assert media.smart_resize(height, width, media.FACTOR, *bounds) == expected
+    assert smart_resize(height, width, FACTOR, *bounds) == expected
 
 
 def test_decode_workers_do_not_import_torch():
@@ -198,8 +207,7 @@ def test_decode_workers_do_not_import_torch():
 
     code = ("import sys; from stages import media, decode, normalize; media.preload(); "
             "print('torch' in sys.modules)")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "False"
 
 
@@ -212,44 +220,44 @@ def dominant_hz(samples: np.ndarray, rate: int) -> float:
 
 
 def test_resampling_keeps_pitch_and_downmix_averages():
-    mono = media.decode_audio(sm.wav(1.0, 44_100, 1), CFG)
+    mono = decode_audio(sm.wav(1.0, 44_100, 1), CFG)
     assert mono.size == 16_000 and abs(dominant_hz(mono, 16_000) - 440) < 3
-    surround = media.decode_audio(sm.wav_unusual(), CFG)  # 6 channels at 7350 Hz: 440, 550, ... 990 Hz
+    surround = decode_audio(sm.wav_unusual(), CFG)  # 6 channels at 7350 Hz: 440, 550, ... 990 Hz
     assert surround.size == 16_000 and abs(dominant_hz(surround, 16_000) - 440) < 3
     assert np.abs(surround).max() < 0.5  # averaged tones partly cancel, never exceed one channel
 
 
 def test_audio_is_cut_to_max_seconds_reading_only_the_start():
-    samples = media.decode_audio(sm.flac_long(), CFG)  # ten minutes in the file
+    samples = decode_audio(sm.flac_long(), CFG)  # ten minutes in the file
     assert samples.size == int(CFG.audio_max_seconds * CFG.audio_sample_rate)
     short = CFG.model_copy(update={"audio_max_seconds": 0.5})
-    assert media.decode_audio(sm.wav(2.0), short).size == 8000
+    assert decode_audio(sm.wav(2.0), short).size == 8000
 
 
 def test_lying_header_does_not_size_the_read():
-    samples = media.decode_audio(sm.flac_declared_hours(hours=10.0, seconds=2.0), CFG)
+    samples = decode_audio(sm.flac_declared_hours(hours=10.0, seconds=2.0), CFG)
     assert samples.size == 32_000
 
 
 def test_compressed_audio_via_pyav_fallback():
     for data in (sm.m4a(1.0), sm.mp3(1.0, 22_050, 2)):
-        samples = media.decode_audio(data, CFG)
+        samples = decode_audio(data, CFG)
         assert abs(samples.size - 16_000) < 1100  # codec priming/padding adds a frame or so
         assert abs(dominant_hz(samples, 16_000) - 440) < 60 or abs(dominant_hz(samples, 16_000) - 550) < 60
 
 
 def test_truncated_wav_keeps_what_is_there():
-    samples = media.decode_audio(sm.wav_truncated(seconds=2.0, keep=0.3), CFG)
+    samples = decode_audio(sm.wav_truncated(seconds=2.0, keep=0.3), CFG)
     assert 0.5 * 16_000 < samples.size < 0.65 * 16_000
 
 
 def test_implausible_channel_count_is_rejected():
-    err = reason_of(media.decode_audio, sm.wav(0.2, 8000, channels=65), CFG)
+    err = reason_of(decode_audio, sm.wav(0.2, 8000, channels=65), CFG)
     assert err.reason == "audio_undecodable" and "65 channels" in str(err)
 
 
 def test_undecodable_audio_reports_both_decoders():
-    err = reason_of(media.decode_audio, sm.not_an_image(), CFG)
+    err = reason_of(decode_audio, sm.not_an_image(), CFG)
     assert "libsndfile" in str(err) and err.__cause__ is not None
 
 
@@ -257,21 +265,21 @@ def test_undecodable_audio_reports_both_decoders():
 
 
 def test_video_sampled_at_fps_with_even_count():
-    frames, fps = media.decode_video(sm.mp4(seconds=10, fps=8), CFG)
+    frames, fps = decode_video(sm.mp4(seconds=10, fps=8), CFG)
     assert frames.shape[0] == 10 and fps == pytest.approx(1.0)
     assert not np.array_equal(frames[0], frames[1])  # the gradient moves
-    odd, _ = media.decode_video(sm.mp4(seconds=3, fps=8), CFG)
+    odd, _ = decode_video(sm.mp4(seconds=3, fps=8), CFG)
     assert odd.shape[0] == 4 and np.array_equal(odd[2], odd[3])
-    one, _ = media.decode_video(sm.mp4_one_frame(), CFG)
+    one, _ = decode_video(sm.mp4_one_frame(), CFG)
     assert one.shape[0] == 2 and np.array_equal(one[0], one[1])
 
 
 def test_long_video_is_spread_over_max_frames():
     cfg = CFG.model_copy(update={"video_max_frames": 4})
-    frames, fps = media.decode_video(sm.mp4(seconds=10, fps=8), cfg)
+    frames, fps = decode_video(sm.mp4(seconds=10, fps=8), cfg)
     assert frames.shape[0] == 4 and fps == pytest.approx(0.4)
     faster = CFG.model_copy(update={"video_fps": 2.0})
-    assert media.decode_video(sm.mp4(seconds=3, fps=8), faster)[0].shape[0] == 6
+    assert decode_video(sm.mp4(seconds=3, fps=8), faster)[0].shape[0] == 6
 
 
 def brute_force_frames(data: bytes, cfg: MediaConfig) -> np.ndarray:
@@ -281,10 +289,10 @@ def brute_force_frames(data: bytes, cfg: MediaConfig) -> np.ndarray:
     with av.open(io.BytesIO(data)) as box:
         stream = box.streams.video[0]
         decoded = [(frame.time, frame) for frame in box.decode(stream)]
-        targets, _ = media._targets(float(stream.duration * stream.time_base), cfg)
+        targets, _ = video._targets(float(stream.duration * stream.time_base), cfg)
         tolerance = 0.5 / float(stream.average_rate)
         start = decoded[0][0]
-        height, width = media.resized_shape(
+        height, width = resized_shape(
             decoded[0][1].height, decoded[0][1].width, cfg.video_min_pixels, cfg.video_max_pixels, "video"
         )
         picked = []
@@ -301,29 +309,29 @@ def test_seeking_picks_the_same_frames_as_decoding_everything(monkeypatch, keyfr
     cfg = CFG.model_copy(update={"video_max_frames": 4})  # 10 s between samples
     expected = brute_force_frames(data, cfg)
     seeks = []
-    real_seek = media._FrameReader._seek
+    real_seek = video._FrameReader._seek
     monkeypatch.setattr(
-        media._FrameReader, "_seek", lambda self, moment: seeks.append(moment) or real_seek(self, moment)
+        video._FrameReader, "_seek", lambda self, moment: seeks.append(moment) or real_seek(self, moment)
     )
-    seeking, _ = media.decode_video(data, cfg)
+    seeking, _ = decode_video(data, cfg)
     # dense keyframes: a seek per sample; sparse: the first seek lands on frame 0, so no more seeks
     assert [round(s) for s in seeks] == ([10, 20, 30] if keyframe_seconds == 1.0 else [10])
-    monkeypatch.setattr(media, "SEEK_GAP_S", math.inf)
-    sequential, _ = media.decode_video(data, cfg)
+    monkeypatch.setattr(video, "SEEK_GAP_S", math.inf)
+    sequential, _ = decode_video(data, cfg)
     assert np.array_equal(seeking, expected) and np.array_equal(sequential, expected)
 
 
 def test_video_frame_count_guard_uses_the_declaration():
     tight = CFG.model_copy(update={"video_max_source_frames": 10})
     for data in (sm.mp4(seconds=4, fps=8), sm.mkv(seconds=4, fps=8)):  # counted vs duration x rate
-        err = reason_of(media.decode_video, data, tight)
+        err = reason_of(decode_video, data, tight)
         assert err.reason == "video_too_long" and "32 frames" in str(err)
 
 
 def test_huge_frames_rejected_from_the_header():
-    assert reason_of(media.decode_video, sm.video_huge_frame(), CFG).reason == "video_too_large"
+    assert reason_of(decode_video, sm.video_huge_frame(), CFG).reason == "video_too_large"
     tight = CFG.model_copy(update={"image_max_source_pixels": 1000})
-    assert reason_of(media.decode_video, sm.mp4(), tight).reason == "video_too_large"
+    assert reason_of(decode_video, sm.mp4(), tight).reason == "video_too_large"
 
 
 # --------------------------------------------------------------------------- loading
@@ -411,7 +419,7 @@ def test_missing_empty_and_oversized_files(tree):
      "gs://bucket/data/x.png"],
 )
 def test_object_store_uris_outside_the_prefix_are_forbidden_without_io(uri, monkeypatch):
-    monkeypatch.setattr(media, "_root_filesystem", lambda root: pytest.fail("must not build a filesystem"))
+    monkeypatch.setattr(fetch, "_root_filesystem", lambda root: pytest.fail("must not build a filesystem"))
     err = reason_of(load, uri, ["s3://bucket/data"])
     assert err.reason == "media_path_forbidden", str(err)
 
@@ -423,7 +431,7 @@ def test_object_store_uri_inside_the_prefix_is_read_from_the_root_filesystem(tmp
     (tmp_path / "bucket" / "data" / "x" / "a.png").write_bytes(b"from s3")
     local = fs.SubTreeFileSystem(str(tmp_path), fs.LocalFileSystem())
     seen = []
-    monkeypatch.setattr(media, "_root_filesystem", lambda root: seen.append(root) or (local, "bucket/data"))
+    monkeypatch.setattr(fetch, "_root_filesystem", lambda root: seen.append(root) or (local, "bucket/data"))
     root = "s3://bucket/data?region=eu-west-1"  # a trusted root may carry filesystem options
     assert load("s3://bucket/data/x/a.png", [root]) == b"from s3"
     assert load("s3://bucket/data/x/./y/../a.png", [root]) == b"from s3"
@@ -452,6 +460,6 @@ def test_corrupted_media_fail_only_with_media_error(name):
         try:
             DECODERS[kind](bytes(corrupted), CFG)
         except MediaError as err:
-            assert err.reason in media.REASONS
+            assert err.reason in REASONS
 
     check()

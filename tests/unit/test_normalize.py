@@ -1,12 +1,13 @@
 import pyarrow as pa
 
 from pipelines.config import InputConfig
+from stages.formats.registry import judging_format
 from stages.normalize import NormalizeStage, content_id
-from stages.schema import MEDIA_TYPE
+from stages.rows import MEDIA_TYPE
 
 
 def run(table, mode="pairwise", **input_kwargs):
-    return NormalizeStage(mode, InputConfig(**input_kwargs)).process(table).to_pylist()
+    return NormalizeStage(judging_format(mode), InputConfig(**input_kwargs)).process(table).to_pylist()
 
 
 def test_canonical_columns_and_passthrough():
@@ -28,7 +29,7 @@ def test_media_forms_become_one_struct_type():
     hf = {"bytes": b"\x89PNG", "path": "x.png"}
     for value, expected in [(hf, hf), (b"raw", {"bytes": b"raw", "path": None}), ("s3://b/k.png", {"bytes": None, "path": "s3://b/k.png"})]:
         table = pa.table({"question": ["q"], "response_a": ["a"], "response_b": ["b"], "image": [value]})
-        out = NormalizeStage("pairwise", InputConfig()).process(table)
+        out = NormalizeStage(judging_format("pairwise"), InputConfig()).process(table)
         assert out.schema.field("image").type == MEDIA_TYPE
         assert out.to_pylist()[0]["image"] == expected
 
@@ -53,6 +54,7 @@ def test_bad_text_goes_to_errors_and_identical_answers_to_dropped():
     rows = {r["id"]: r for r in run(table)}
     assert rows["ok"]["error_stage"] is None and rows["ok"]["drop_reason"] is None
     assert rows["empty"]["error_stage"] == "normalize" and "[empty_question]" in rows["empty"]["error"]
+    assert rows["empty"]["error_reason"] == "empty_question" and rows["ok"]["error_reason"] is None
     assert rows["null"]["error_stage"] == "normalize" and rows["null"]["error"].startswith("RowRejected:")
     assert rows["same"]["drop_reason"] == "identical_responses" and rows["same"]["error_stage"] is None
 
@@ -61,6 +63,7 @@ def test_wrong_list_length_is_a_row_error_with_id():
     table = pa.table({"query": ["q"], "response": [["only one"]]})
     [row] = run(table, preset="vl_rewardbench")
     assert row["error_stage"] == "normalize" and "[invalid_responses]" in row["error"]
+    assert row["error_reason"] == "invalid_responses"
     assert row["id"] == content_id(row)
 
 

@@ -1,4 +1,4 @@
-"""Prompt rendering against strings assembled from prompts.json and SPEC.md's templates."""
+"""Prompt rendering of the judging formats against strings assembled from prompts.json and SPEC.md's templates."""
 from __future__ import annotations
 
 import json
@@ -9,19 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages import prompts
-from stages.prompts import (
-    JudgePrompt,
-    SpecialTokenInText,
-    chat_prompt,
-    render_pairwise,
-    render_single,
-    trl_user_message,
-    verdict_regex,
-)
+from stages.engines.families import PLACEHOLDERS
+from stages.formats.pairwise import PairwiseFormat
+from stages.formats.preferences import trl_user_message
+from stages.formats.prompts import SpecialTokenInText, chat_prompt
+from stages.formats.registry import judging_format
+from stages.formats.single import SingleFormat
 
 ROOT = Path(__file__).resolve().parents[2]
-VENDORED = json.loads((ROOT / "stages" / "flexjudge_prompts.json").read_text(encoding="utf-8"))
+VENDORED = json.loads((ROOT / "stages" / "formats" / "flexjudge_prompts.json").read_text(encoding="utf-8"))
+PAIRWISE, SINGLE = PairwiseFormat(), SingleFormat()
 SYSTEM = VENDORED["system"]
 PAIR_SYS = SYSTEM["train_pairwise_1_10__judgelrm_generation"]
 SINGLE_SYS = SYSTEM["mllm_judge_score_1_5"]
@@ -33,6 +30,23 @@ VL_IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 VL_VID = "<|vision_start|><|video_pad|><|vision_end|>"
 
 Q, A1, A2 = "What is shown?", "A cat.", "A dog on a mat."
+
+
+def render_pairwise(question, a1, a2, media, family):
+    return PAIRWISE.user_message(question, [a1, a2], media, family)
+
+
+def render_single(question, answer, media, family):
+    return SINGLE.user_message(question, [answer], media, family)
+
+
+def build(fmt, family, answers, media, prefill=False, order="ab", question=Q):
+    row = {"question": question, **dict(zip(fmt.answer_columns, answers))}
+    return fmt.prompt(row, order, media, family, prefill_think=prefill)
+
+
+def verdict_regex(mode, *, reasoning_max_chars, prefill_think):
+    return judging_format(mode).verdict_regex(reasoning_max_chars=reasoning_max_chars, prefill_think=prefill_think)
 
 
 def chatml(system: str, user: str, prefill: bool = False) -> str:
@@ -48,11 +62,11 @@ def test_vendored_json_matches_shared_copy():
 
 
 def test_system_prompts_verbatim():
-    assert JudgePrompt("pairwise", "omni").system == PAIR_SYS
-    assert JudgePrompt("single", "vl").system == SINGLE_SYS
+    assert build(PAIRWISE, "omni", [A1, A2], []).startswith(f"<|im_start|>system\n{PAIR_SYS}<|im_end|>")
+    assert build(SINGLE, "vl", [A1], []).startswith(f"<|im_start|>system\n{SINGLE_SYS}<|im_end|>")
     # the typos and quirks the model saw stay in place
-    assert "judge the performance of an AI assistants" in JudgePrompt("single", "omni").system
-    assert "for example,<answer>3</answer><answer>5</answer>" in JudgePrompt("pairwise", "vl").system
+    assert "judge the performance of an AI assistants" in build(SINGLE, "omni", [A1], [])
+    assert "for example,<answer>3</answer><answer>5</answer>" in build(PAIRWISE, "vl", [A1, A2], [])
 
 
 def test_pairwise_vl_image_matches_authors_template():
@@ -105,7 +119,7 @@ def test_vl_audio_is_a_clear_error():
     with pytest.raises(ValueError, match="audio"):
         render_pairwise(Q, A1, A2, ["image", "audio"], "vl")
     with pytest.raises(ValueError, match="audio"):
-        JudgePrompt("single", "vl").build(Q, [A1], ["audio"])
+        build(SINGLE, "vl", [A1], ["audio"])
 
 
 def test_unknown_modality_family_mode():
@@ -114,7 +128,7 @@ def test_unknown_modality_family_mode():
     with pytest.raises(ValueError):
         render_single(Q, A1, ["image"], "llava")
     with pytest.raises(ValueError):
-        JudgePrompt("batch", "omni")
+        judging_format("batch")
     with pytest.raises(TypeError):
         render_single(Q, A1, "image", "omni")
 
@@ -124,7 +138,7 @@ def test_braces_and_format_fields_survive():
     a = "def f(): return {'k': 1}"
     rendered = render_pairwise(q, a, "{a2}", ["image"], "omni")
     assert rendered == f"{OMNI_IMG}\n\n[Question]\n{q}\n\n[Assistant 1's Answer]\n{a}\n\n[Assistant 2's Answer]\n{{a2}}"
-    assert q in JudgePrompt("single", "omni").build(q, [a], [])
+    assert q in build(SINGLE, "omni", [a], [], question=q)
 
 
 @pytest.mark.parametrize("bad", ["<|im_end|>", "<|IMAGE|>", "<|image_pad|>", "x<|im_start|>assistant"])
@@ -153,24 +167,23 @@ def test_chat_prompt(prefill):
 @pytest.mark.parametrize("family", ["omni", "vl"])
 def test_full_prompts(family, prefill):
     img = OMNI_IMG if family == "omni" else VL_IMG
-    pair = JudgePrompt("pairwise", family, prefill)
     user = f"{img}\n\n[Question]\n{Q}\n\n[Assistant 1's Answer]\n{A1}\n\n[Assistant 2's Answer]\n{A2}"
-    assert pair.build(Q, [A1, A2], ["image"]) == chatml(PAIR_SYS, user, prefill)
+    assert build(PAIRWISE, family, [A1, A2], ["image"], prefill) == chatml(PAIR_SYS, user, prefill)
     swapped = f"{img}\n\n[Question]\n{Q}\n\n[Assistant 1's Answer]\n{A2}\n\n[Assistant 2's Answer]\n{A1}"
-    assert pair.build_pairwise(Q, A1, A2, ["image"], "ba") == chatml(PAIR_SYS, swapped, prefill)
-    assert pair.build_pairwise(Q, A1, A2, ["image"], "ab") == pair.build(Q, (A1, A2), ["image"])
-    single = JudgePrompt("single", family, prefill)
+    assert build(PAIRWISE, family, [A1, A2], ["image"], prefill, order="ba") == chatml(PAIR_SYS, swapped, prefill)
     user = f"[Question]\n{Q}\n\n[Assistant's Answer]\n{A1}"
-    assert single.build(Q, [A1], []) == chatml(SINGLE_SYS, user, prefill)
+    assert build(SINGLE, family, [A1], [], prefill) == chatml(SINGLE_SYS, user, prefill)
 
 
 def test_answer_count_checked():
     with pytest.raises(ValueError):
-        JudgePrompt("pairwise", "omni").build(Q, [A1], [])
+        PAIRWISE.user_message(Q, [A1], [], "omni")
     with pytest.raises(ValueError):
-        JudgePrompt("single", "omni").build(Q, [A1, A2], [])
+        SINGLE.user_message(Q, [A1, A2], [], "omni")
     with pytest.raises(ValueError):
-        JudgePrompt("pairwise", "omni").build_pairwise(Q, A1, A2, [], "xy")
+        build(PAIRWISE, "omni", [A1, A2], [], order="xy")
+    with pytest.raises(ValueError):
+        build(SINGLE, "omni", [A1], [], order="ba")
 
 
 def test_trl_user_message():
@@ -282,20 +295,19 @@ def test_regex_accepted_by_xgrammar():
 )
 def test_regex_matches_are_parsed_back_exactly(reasoning, s1, s2, ws):
     """Whatever the constrained model writes, the parser reads back exactly the constrained scores."""
-    from stages.verdicts import parse_scores
-
     text = f"<think>{reasoning}</think>{ws}<answer>{s1}</answer><answer>{s2}</answer>"
     rx = verdict_regex("pairwise", reasoning_max_chars=200, prefill_think=False)
     match = re.fullmatch(rx, text)
     assert match
-    assert parse_scores(text, 2) == (float(match.group(1)), float(match.group(2))) == (s1, s2)
+    assert PAIRWISE.parse(text) == (float(match.group(1)), float(match.group(2))) == (s1, s2)
 
 
-def test_module_has_no_heavy_imports():
+def test_prompt_and_verdict_modules_have_no_heavy_imports():
     import subprocess
     import sys
 
-    code = "import sys, stages.prompts, stages.verdicts; print(sorted(m for m in ('pydantic','yaml','pyarrow','vllm','torch') if m in sys.modules))"
+    code = ("import sys, stages.formats.prompts, stages.formats.verdicts, stages.engines.families; "
+            "print(sorted(m for m in ('pydantic','yaml','pyarrow','vllm','torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -312,6 +324,6 @@ def test_placeholder_table_matches_spec():
         assert len(cells) == 3
         for modality, cell in zip(("image", "video", "audio"), cells):
             if cell == "n/a":
-                assert modality not in prompts.PLACEHOLDERS[family]
+                assert modality not in PLACEHOLDERS[family]
             else:
-                assert prompts.PLACEHOLDERS[family][modality] == cell
+                assert PLACEHOLDERS[family][modality].text == cell

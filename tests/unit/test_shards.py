@@ -4,6 +4,9 @@ import pytest
 
 from pipelines.config import InputConfig
 from pipelines.shards import ShardError, discover
+from stages.formats.pairwise import PairwiseFormat
+
+PAIRWISE = PairwiseFormat()
 
 GOOD = pa.table({"question": ["q", "q2"], "response_a": ["a", "a"], "response_b": ["b", "b"]})
 
@@ -19,7 +22,7 @@ def shards(tmp_path):
 
 
 def test_directory_is_expanded_recursively_skipping_hidden_files(shards):
-    found = discover([str(shards)], "pairwise", InputConfig())
+    found = discover([str(shards)], PAIRWISE, InputConfig())
     assert [p.rsplit("/", 1)[1] for p in found.paths] == ["b.parquet", "a.parquet"]
     assert found.rows == 4
 
@@ -27,44 +30,44 @@ def test_directory_is_expanded_recursively_skipping_hidden_files(shards):
 @pytest.mark.parametrize("pattern", ["*.parquet", "day=*/*.parquet", "**/a.parquet"])
 def test_globs_match_files(shards, pattern, monkeypatch):
     monkeypatch.chdir(shards)
-    found = discover([pattern], "pairwise", InputConfig())
+    found = discover([pattern], PAIRWISE, InputConfig())
     assert found.paths and all(p.endswith(".parquet") for p in found.paths)
 
 
 def test_file_uri_and_glob_uri(shards):
-    assert discover([f"file://{shards}/b.parquet"], "pairwise", InputConfig()).rows == 2
-    assert len(discover([f"file://{shards}/*/*.parquet"], "pairwise", InputConfig()).paths) == 1
+    assert discover([f"file://{shards}/b.parquet"], PAIRWISE, InputConfig()).rows == 2
+    assert len(discover([f"file://{shards}/*/*.parquet"], PAIRWISE, InputConfig()).paths) == 1
 
 
 def test_missing_input_and_empty_glob_are_named(tmp_path):
     with pytest.raises(ShardError, match="does not exist"):
-        discover([str(tmp_path / "nope")], "pairwise", InputConfig())
+        discover([str(tmp_path / "nope")], PAIRWISE, InputConfig())
     with pytest.raises(ShardError, match="matched no Parquet files"):
-        discover([str(tmp_path / "*.parquet")], "pairwise", InputConfig())
+        discover([str(tmp_path / "*.parquet")], PAIRWISE, InputConfig())
 
 
 def test_missing_or_mistyped_column_names_shard_and_column(tmp_path):
     pq.write_table(pa.table({"question": ["q"], "response_a": ["a"]}), tmp_path / "missing.parquet")
     with pytest.raises(ShardError, match=r"missing\.parquet.*'response_b'"):
-        discover([str(tmp_path / "missing.parquet")], "pairwise", InputConfig())
+        discover([str(tmp_path / "missing.parquet")], PAIRWISE, InputConfig())
     pq.write_table(pa.table({"question": [1], "response_a": ["a"], "response_b": ["b"]}), tmp_path / "typed.parquet")
     with pytest.raises(ShardError, match=r"typed\.parquet.*'question' has type int64"):
-        discover([str(tmp_path / "typed.parquet")], "pairwise", InputConfig())
+        discover([str(tmp_path / "typed.parquet")], PAIRWISE, InputConfig())
 
 
 def test_unreadable_shard_fails_or_is_skipped(tmp_path):
     pq.write_table(GOOD, tmp_path / "good.parquet")
     (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(ShardError, match=r"junk\.parquet: unreadable"):
-        discover([str(tmp_path)], "pairwise", InputConfig())
-    found = discover([str(tmp_path)], "pairwise", InputConfig(skip_bad_shards=True))
+        discover([str(tmp_path)], PAIRWISE, InputConfig())
+    found = discover([str(tmp_path)], PAIRWISE, InputConfig(skip_bad_shards=True))
     assert [p.rsplit("/", 1)[1] for p in found.paths] == ["good.parquet"]
     assert list(found.skipped) == [str(tmp_path / "junk.parquet")]
 
 
 def test_mapped_and_list_columns_are_checked_by_their_user_names(tmp_path):
     pq.write_table(pa.table({"query": ["q"], "response": [["a", "b"]]}), tmp_path / "vlrb.parquet")
-    assert discover([str(tmp_path)], "pairwise", InputConfig(preset="vl_rewardbench")).rows == 1
+    assert discover([str(tmp_path)], PAIRWISE, InputConfig(preset="vl_rewardbench")).rows == 1
     pq.write_table(pa.table({"query": ["q"], "response": ["a"]}), tmp_path / "vlrb.parquet")
     with pytest.raises(ShardError, match="expected a list of 2 strings"):
-        discover([str(tmp_path)], "pairwise", InputConfig(preset="vl_rewardbench"))
+        discover([str(tmp_path)], PAIRWISE, InputConfig(preset="vl_rewardbench"))

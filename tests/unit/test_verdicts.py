@@ -1,4 +1,4 @@
-"""Verdict parsing, flip-back, aggregation and keep/drop/error decisions."""
+"""Verdict parsing, flip-back, aggregation and keep/drop/error decisions of the pairwise and single formats."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,25 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.verdicts import (
-    DROPPED,
-    ERROR,
-    KEPT,
-    Verdict,
-    aggregate_pairwise,
-    aggregate_single,
-    decide_pairwise,
-    decide_single,
-    final_verdicts,
-    parse_scores,
-    parse_verdict,
-    summary,
-    to_original,
-)
+from stages.formats.pairwise import PairwiseFormat
+from stages.formats.single import SingleFormat
+from stages.formats.verdicts import final_verdicts, parse_scores
+from stages.rows import DROPPED, ERRORS, KEPT
+
+PAIRWISE, SINGLE = PairwiseFormat(), SingleFormat()
+aggregate_pairwise, decide_pairwise = PAIRWISE.aggregate, PAIRWISE.decide
+aggregate_single, decide_single = SINGLE.aggregate, SINGLE.decide
 
 
 @dataclass
-class Filt:  # the fields of pipelines.config.FilterConfig, without importing pydantic
+class Filt:  # the fields of the formats' rules (pipelines.config.FilterConfig), without pydantic
     min_margin: float = 1.0
     min_chosen_score: float = 0.0
     require_order_agreement: bool = True
@@ -34,11 +27,11 @@ class Filt:  # the fields of pipelines.config.FilterConfig, without importing py
 
 def pv(order, s1, s2, sample=0, attempt=0):
     """A parsed pairwise verdict with scores as shown to the model."""
-    return Verdict(order=order, sample=sample, attempt=attempt, seed=attempt, text="t", scores=(s1, s2))
+    return PAIRWISE.verdict(order, (s1, s2), sample=sample, attempt=attempt, seed=attempt, text="t")
 
 
 def unparsed(order, sample=0, attempt=0, text="garbage"):
-    return Verdict(order=order, sample=sample, attempt=attempt, seed=attempt, text=text, scores=None)
+    return PAIRWISE.verdict(order, None, sample=sample, attempt=attempt, seed=attempt, text=text)
 
 
 # ---- parsing ---------------------------------------------------------------------------------
@@ -55,8 +48,8 @@ def unparsed(order, sample=0, attempt=0, text="garbage"):
     ],
 )
 def test_parse_pairwise_good(text, expected):
-    assert parse_scores(text, 2) == expected
-    assert parse_verdict(text, "pairwise") == expected
+    assert parse_scores(text, 2, scale=(1, 10)) == expected
+    assert PAIRWISE.parse(text) == expected
 
 
 def test_quoted_example_inside_think_is_ignored():
@@ -64,7 +57,7 @@ def test_quoted_example_inside_think_is_ignored():
         "<think>The format is, for example,<answer>3</answer><answer>5</answer>. "
         "Assistant 1 is accurate, 2 hallucinates.</think><answer>9</answer><answer>2</answer>"
     )
-    assert parse_scores(text, 2) == (9.0, 2.0)
+    assert PAIRWISE.parse(text) == (9.0, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +82,7 @@ def test_quoted_example_inside_think_is_ignored():
     ],
 )
 def test_parse_pairwise_malformed(text):
-    assert parse_scores(text, 2) is None
+    assert PAIRWISE.parse(text) is None
 
 
 @pytest.mark.parametrize(
@@ -98,41 +91,40 @@ def test_parse_pairwise_malformed(text):
 )
 def test_pairwise_scale(scores, ok):
     text = f"<think>x</think><answer>{scores[0]}</answer><answer>{scores[1]}</answer>"
-    assert (parse_scores(text, 2) is not None) is ok
+    assert (PAIRWISE.parse(text) is not None) is ok
 
 
 @pytest.mark.parametrize("score,ok", [("1", True), ("5", True), ("3.8", True), ("0", False), ("6", False), ("10", False)])
 def test_single_scale(score, ok):
     text = f"<think>x</think><answer>{score}</answer>"
-    assert (parse_verdict(text, "single") is not None) is ok
-    assert (parse_scores(text, 1) is not None) is ok
+    assert (SINGLE.parse(text) is not None) is ok
 
 
 def test_explicit_scale():
     assert parse_scores("<answer>42</answer>", 1, scale=(0, 100)) == (42.0,)
     with pytest.raises(ValueError):
-        parse_scores("x", 0)
+        parse_scores("x", 0, scale=(1, 10))
 
 
 def test_think_prefilled():
     # the prompt ended in "<think>\n": output begins inside the reasoning
     good = "A is better.\n</think><answer>8</answer><answer>3</answer>"
-    assert parse_scores(good, 2, think_prefilled=True) == (8.0, 3.0)
+    assert PAIRWISE.parse(good, think_prefilled=True) == (8.0, 3.0)
     open_reasoning = "for example <answer>3</answer><answer>5</answer> and no close"
-    assert parse_scores(open_reasoning, 2, think_prefilled=True) is None
-    assert parse_scores(open_reasoning, 2) == (3.0, 5.0)  # without prefill: the model skipped thinking
+    assert PAIRWISE.parse(open_reasoning, think_prefilled=True) is None
+    assert PAIRWISE.parse(open_reasoning) == (3.0, 5.0)  # without prefill: the model skipped thinking
 
 
 def test_non_string_text_is_unparsed():
-    assert parse_scores(None, 2) is None  # type: ignore[arg-type]
+    assert PAIRWISE.parse(None) is None  # type: ignore[arg-type]
 
 
 # ---- verdict records and flip-back -----------------------------------------------------------
 
 def test_flip_back_swapped_order():
     text = "<think>x</think><answer>9</answer><answer>4</answer>"
-    ab = Verdict.from_text(text, "pairwise", order="ab", seed=1, prompt_tokens=10, output_tokens=5, finish_reason="stop")
-    ba = Verdict.from_text(text, "pairwise", order="ba", sample=1, attempt=2, seed=3)
+    ab = PAIRWISE.read(text, order="ab", sample=0, attempt=0, seed=1, prompt_tokens=10, output_tokens=5, finish_reason="stop")
+    ba = PAIRWISE.read(text, order="ba", sample=1, attempt=2, seed=3)
     assert ab.scores == ab.original_scores == (9.0, 4.0)
     assert ba.scores == (9.0, 4.0)  # as shown: the model saw b first
     assert ba.original_scores == (4.0, 9.0)  # a, b
@@ -144,25 +136,26 @@ def test_flip_back_swapped_order():
 
 
 def test_unparsed_verdict_record():
-    v = Verdict.from_text("<think>no answer", "pairwise", order="ba")
+    v = PAIRWISE.read("<think>no answer", order="ba", sample=0, attempt=0, seed=None)
     assert not v.parsed and v.scores is None and v.original_scores is None
     assert v.to_dict()["scores"] is None and v.to_dict()["text"] == "<think>no answer"
 
 
 def test_verdict_validation():
+    fields = dict(sample=0, attempt=0, seed=None, text="")
     with pytest.raises(ValueError):
-        Verdict(order="xy", sample=0, attempt=0, seed=None, text="", scores=None)  # type: ignore[arg-type]
+        PAIRWISE.verdict("xy", None, **fields)
     with pytest.raises(ValueError):
-        Verdict(order="ba", sample=0, attempt=0, seed=None, text="", scores=(3.0,))
+        PAIRWISE.verdict("ba", (3.0,), **fields)
     with pytest.raises(ValueError):
-        Verdict.from_text("<answer>3</answer>", "single", order="ba")
-    single = Verdict.from_text("<think>x</think><answer>4</answer>", "single")
+        SINGLE.read("<answer>3</answer>", order="ba", sample=0, attempt=0, seed=None)
+    single = SINGLE.read("<think>x</think><answer>4</answer>", sample=0, attempt=0, seed=None)
     assert single.original_scores == (4.0,)
 
 
 @given(st.tuples(st.floats(1, 10), st.floats(1, 10)), st.sampled_from(["ab", "ba"]))
 def test_flipping_twice_is_identity(scores, order):
-    assert to_original(to_original(scores, order), order) == scores
+    assert PAIRWISE.to_original(PAIRWISE.to_original(scores, order), order) == scores
 
 
 @given(st.tuples(st.integers(1, 10), st.integers(1, 10)))
@@ -182,7 +175,7 @@ def test_agreement_both_orders_keep():
     assert result.winner_ab == result.winner_ba == "a"
     assert result.order_agreement and result.winner == "a" and result.margin == 5.0
     assert result.chosen_score == 8.5 and result.rejected_score == 3.5
-    assert result.n_slots == result.n_parsed == 2 and not result.any_unparsed
+    assert result.n_slots == result.n_parsed == 2 and not result.unparsed_slots
     assert decide_pairwise(result, Filt()) == (KEPT, None)
 
 
@@ -251,7 +244,7 @@ def test_all_unparsed_is_error():
     assert result.n_parsed == 0 and result.winner is None and result.margin is None
     assert result.unparsed_slots == (("ab", 0), ("ba", 0)) and not result.order_agreement
     assert result.ties == 0  # unparsed is never a tie
-    assert decide_pairwise(result, Filt()) == (ERROR, "unparsed_verdict")
+    assert decide_pairwise(result, Filt()) == (ERRORS, "unparsed_verdict")
 
 
 def test_mixed_some_slot_unparsed_is_error():
@@ -259,7 +252,7 @@ def test_mixed_some_slot_unparsed_is_error():
     assert result.n_parsed == 1 and result.unparsed_slots == (("ba", 0),)
     assert result.order_agreement  # over the parsed slots only...
     assert result.winner_ba is None
-    assert decide_pairwise(result, Filt()) == (ERROR, "unparsed_verdict")  # ...but never used
+    assert decide_pairwise(result, Filt()) == (ERRORS, "unparsed_verdict")  # ...but never used
 
 
 def test_retry_that_parsed_counts():
@@ -267,7 +260,7 @@ def test_retry_that_parsed_counts():
     finals = final_verdicts(vs)
     assert [v.attempt for v in finals.values()] == [1, 1]
     result = aggregate_pairwise(vs)
-    assert result.n_slots == 2 and result.n_parsed == 2 and not result.any_unparsed
+    assert result.n_slots == 2 and result.n_parsed == 2 and not result.unparsed_slots
     assert decide_pairwise(result, Filt()) == (KEPT, None)
 
 
@@ -277,8 +270,8 @@ def test_final_verdict_unparsed_keeps_latest_text():
 
 
 def test_empty_is_error():
-    assert decide_pairwise(aggregate_pairwise([]), Filt()) == (ERROR, "unparsed_verdict")
-    assert decide_single(aggregate_single([]), Filt()) == (ERROR, "unparsed_verdict")
+    assert decide_pairwise(aggregate_pairwise([]), Filt()) == (ERRORS, "unparsed_verdict")
+    assert decide_single(aggregate_single([]), Filt()) == (ERRORS, "unparsed_verdict")
 
 
 def test_samples_votes_and_single_order():
@@ -292,7 +285,7 @@ def test_samples_votes_and_single_order():
 
 def test_wrong_score_count_is_a_bug():
     with pytest.raises(ValueError):
-        aggregate_pairwise([Verdict(order="ab", sample=0, attempt=0, seed=0, text="", scores=(3.0,))])
+        PAIRWISE.verdict("ab", (3.0,), sample=0, attempt=0, seed=0, text="")
     with pytest.raises(ValueError):
         aggregate_single([pv("ab", 3, 4)])
 
@@ -336,12 +329,12 @@ def test_swapping_labels_mirrors_result(slots):
 # ---- single ----------------------------------------------------------------------------------
 
 def sv(text, sample=0, attempt=0):
-    return Verdict.from_text(text, "single", sample=sample, attempt=attempt)
+    return SINGLE.read(text, sample=sample, attempt=attempt, seed=None)
 
 
 def test_single_keep_drop():
     result = aggregate_single([sv("<think>x</think><answer>4</answer>", 0), sv("<think>y</think><answer>3</answer>", 1)])
-    assert result.mean_score == 3.5 and result.n_parsed == 2 and result.unparsed == 0
+    assert result.mean_score == 3.5 and result.n_parsed == 2 and not result.unparsed_slots
     assert decide_single(result, Filt(min_score=3.0)) == (KEPT, None)
     assert decide_single(result, Filt(min_score=4.0)) == (DROPPED, "score_below_min")
     assert decide_single(result, Filt(min_score=3.5)) == (KEPT, None)
@@ -349,17 +342,11 @@ def test_single_keep_drop():
 
 def test_single_unparsed():
     result = aggregate_single([sv("<think>x</think><answer>4</answer>", 0), sv("<think>cut off", 1)])
-    assert result.unparsed == 1 and result.unparsed_slots == (("ab", 1),) and result.n_parsed == 1
-    assert decide_single(result, Filt()) == (ERROR, "unparsed_verdict")
+    assert result.unparsed_slots == (("ab", 1),) and result.n_parsed == 1
+    assert decide_single(result, Filt()) == (ERRORS, "unparsed_verdict")
     retried = aggregate_single([sv("<think>cut off", 0, 0), sv("<think>x</think><answer>5</answer>", 0, 1)])
-    assert retried.unparsed == 0 and retried.mean_score == 5.0
+    assert not retried.unparsed_slots and retried.mean_score == 5.0
     assert decide_single(retried, Filt()) == (KEPT, None)
-
-
-def test_summary_is_plain():
-    s = summary(aggregate_pairwise([pv("ab", 8, 3), unparsed("ba")]))
-    assert s["unparsed_slots"] == ["ba:0"] and s["chosen_score"] == 8.0 and s["winner"] == "a"
-    assert summary(aggregate_single([sv("<answer>2</answer>")]))["mean_score"] == 2.0
 
 
 def test_filter_config_is_accepted():

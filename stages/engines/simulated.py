@@ -1,8 +1,9 @@
 """An engine with the real interface and no model: scripted verdicts, simulated decode time.
 
-Tests use it to pin down judging, retries and labelling; the benchmarks use it to measure how well
-the pipeline keeps an engine fed when verdicts take a long-tailed time to decode (as on a GPU),
-without a GPU. It serves at most `concurrency` requests at once, like an engine's batch slots.
+Dry runs (`judge.engine.backend: simulated`) answer with the judging format's own seeded verdicts;
+tests script it to pin down judging, retries and labelling; the benchmarks use it to measure how
+well the pipeline keeps an engine fed when verdicts take a long-tailed time to decode (as on a
+GPU), without a GPU. It serves at most `concurrency` requests at once, like an engine's batch slots.
 """
 from __future__ import annotations
 
@@ -13,19 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from stages.engine_api import Completion, EngineDead, JudgeRequest, RequestRejected
+from stages.engines.api import Completion, EngineDead, JudgeRequest, RequestRejected
 
 VerdictScript = Callable[[JudgeRequest], str]
-
-
-def answer_tags(*scores: int | float) -> str:
-    return "<think>simulated</think>" + "".join(f"<answer>{s:g}</answer>" for s in scores)
-
-
-def seeded_scores(request: JudgeRequest) -> str:
-    """Deterministic pseudo-random pairwise scores from the request's seed."""
-    rng = random.Random(request.seed)
-    return answer_tags(rng.randint(1, 10), rng.randint(1, 10))
 
 
 @dataclass(frozen=True)
@@ -46,7 +37,7 @@ class LatencyModel:
 class SimulatedEngine:
     def __init__(
         self,
-        script: VerdictScript = seeded_scores,
+        script: VerdictScript,
         *,
         latency: LatencyModel = LatencyModel(),
         concurrency: int = 64,

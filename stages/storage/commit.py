@@ -1,41 +1,20 @@
-"""How output files become part of a run: atomically, and batch by batch.
+"""How output files become part of a run: batch by batch.
 
-Every file is written under a dot-name that readers ignore and then renamed, so nobody reads half
-a file. A write batch's files count only once its manifest (`_manifests/<batch>.json`, written
-last) exists; the manifest lists the files, the row ids and the batch's tallies. A run killed at
-any point therefore leaves whole batches or orphan files, never half a batch: a resumed run
-deletes the orphans and skips the committed ids.
+A write batch's files count only once its manifest (`_manifests/<batch>.json`, written last)
+exists; the manifest lists the files, the row ids and the batch's tallies. A run killed at any
+point therefore leaves whole batches or orphan files, never half a batch: a resumed run deletes
+the orphans and skips the committed ids.
 """
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from stages.storage.files import INPROGRESS_SUFFIX, write_atomically
+
 MANIFESTS = "_manifests"
-
-
-def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A filesystem and path for a URI (s3://, gs://, file://) or a local path, relative or not."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def write_atomically(filesystem: pafs.FileSystem, path: str, data: bytes | pa.Table) -> None:
-    directory, name = path.rsplit("/", 1)
-    filesystem.create_dir(directory, recursive=True)
-    temporary = f"{directory}/.{name}.inprogress"
-    with filesystem.open_output_stream(temporary) as sink:
-        if isinstance(data, pa.Table):
-            pq.write_table(data, sink, compression="zstd")
-        else:
-            sink.write(data)
-    filesystem.move(temporary, path)
 
 
 def commit_batch(
@@ -66,7 +45,7 @@ def remove_uncommitted(filesystem: pafs.FileSystem, root: str, manifests: list[d
         relative = info.path[len(root) :].lstrip("/")
         top = relative.split("/", 1)[0]
         orphan_data = "/" in relative and not top.startswith("_") and info.path not in committed
-        unfinished = info.base_name.startswith(".") and info.base_name.endswith(".inprogress")
+        unfinished = info.base_name.startswith(".") and info.base_name.endswith(INPROGRESS_SUFFIX)
         if orphan_data or unfinished:
             filesystem.delete_file(info.path)
             removed.append(relative)

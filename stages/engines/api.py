@@ -1,7 +1,7 @@
 """What the judge stage needs from an inference engine, whatever runs behind it.
 
-`VllmEngine` (stages/vllm_engine.py) is the production implementation; tests script one and the
-benchmarks simulate one with the same interface.
+`VllmEngine` (vllm_engine.py) is the production implementation; `SimulatedEngine` (simulated.py)
+answers without a model, for dry runs, tests and benchmarks.
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from typing import Any, Protocol
 class JudgeRequest:
     request_id: str
     prompt: str  # the full ChatML string, media placeholders included
-    multi_modal_data: dict[str, Any] = field(default_factory=dict)  # "image"/"audio"/"video" -> decoded array
+    # "image" -> uint8 (H, W, 3); "audio" -> (float32 samples, sample rate); "video" -> (uint8 frames
+    # (T, H, W, 3), {"fps": sampling rate}); see vllm_engine.py for every accepted form.
+    multi_modal_data: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
 
 

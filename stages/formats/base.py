@@ -1,0 +1,175 @@
+"""The interface of a judging format, and what every format shares.
+
+A judging format is everything about one way of asking the judge: the columns a row needs, the
+requests it makes (answer orders x samples), the prompt per model family, the verdict regex for
+structured output, the parser, how a swapped order maps back, how a row's verdicts aggregate, the
+label rules it offers and, where it has them, its preference rows. The normalize, judge, label
+and write stages, the simulated engine and the run config ask the format; nothing else branches
+on the mode. Adding a format is adding one module beside this one (and to `registry.FORMATS`).
+"""
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
+
+import pyarrow as pa
+
+from stages.config import ConfigSection
+from stages.engines.api import JudgeRequest
+from stages.formats.prompts import chat_prompt, score_verdict_regex, system_prompt_text
+from stages.formats.verdicts import ORDERS, Verdict, parse_scores, verdict_text
+from stages.rows import RowError
+
+REASON_UNPARSED = "unparsed_verdict"
+
+# One raw verdict (`Verdict.to_dict`); judgments/ holds these flattened, with the row's id.
+JUDGMENT_FIELDS = [
+    pa.field("order", pa.string()),
+    pa.field("sample", pa.int32()),
+    pa.field("attempt", pa.int32()),
+    pa.field("seed", pa.int64()),
+    pa.field("text", pa.string()),
+    pa.field("scores", pa.list_(pa.float64())),
+    pa.field("original_scores", pa.list_(pa.float64())),
+    pa.field("prompt_tokens", pa.int32()),
+    pa.field("output_tokens", pa.int32()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("parsed", pa.bool_()),
+]
+JUDGMENT_TYPE = pa.struct(JUDGMENT_FIELDS)
+
+
+class UnparsedVerdict(RowError):
+    """A slot still without a parsable verdict after every retry; never counted as a tie."""
+
+
+class Result(Protocol):
+    """A row's verdicts aggregated by its format."""
+
+    n_parsed: int
+    unparsed_slots: tuple[tuple[str, int], ...]
+
+    def columns(self) -> dict[str, Any]:
+        """The values of the format's `result_columns` for this row."""
+        ...
+
+
+class JudgingFormat(ABC):
+    mode: ClassVar[str]  # the run config's `mode` value
+    summary: ClassVar[str]  # one line for the config's documentation
+    answer_columns: ClassVar[tuple[str, ...]]  # canonical text columns holding the answers judged
+    system_key: ClassVar[str]  # prompts.json system prompt
+    scale: ClassVar[tuple[float, float]]  # inclusive score range of one <answer> tag
+    n_scores: ClassVar[int]  # <answer> tags in one verdict
+    score_pattern: ClassVar[str]  # one whole-number score of the scale, as regex alternatives
+    rules: ClassVar[type[ConfigSection]]  # its label rules; the run config's `filter` section holds them
+    drop_reasons: ClassVar[dict[str, str]]  # the rules' drop reasons, in the order they apply
+    result_columns: ClassVar[dict[str, pa.DataType]]  # per-row aggregate the judge stage adds
+    label_columns: ClassVar[dict[str, pa.DataType]] = {}  # what the label stage adds to kept rows
+    histograms: ClassVar[dict[str, float]] = {}  # kept rows' column -> bin width, for the run report
+
+    # -- columns ---------------------------------------------------------------------------------
+
+    def required_columns(self, mapping: Mapping[str, str]) -> list[str]:
+        """The user's column names a shard must hold (after the column mapping)."""
+        return [mapping.get(name, name) for name in ("question", *self.answer_columns)]
+
+    def answers(self, get: Callable[[str], Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+        """The canonical answer columns of one row; `get` reads a canonical name from the user's row
+        (`mapping` is the run's column mapping)."""
+        return {column: get(column) for column in self.answer_columns}
+
+    def drop_before_judging(self, answers: Mapping[str, str]) -> str | None:
+        """A drop reason for a row whose (checked) answers cannot make a verdict worth its GPU time."""
+        return None
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def orders(self, swap_order: bool) -> tuple[str, ...]:
+        """The answer orders each row is judged in."""
+        return ("ab",)
+
+    def shown_answers(self, row: Mapping[str, Any], order: str) -> list[str]:
+        """The answers in the order one request shows them."""
+        if order != "ab":
+            raise ValueError(f"{self.mode} judging has only the 'ab' order, not {order!r}")
+        return [row[column] for column in self.answer_columns]
+
+    @abstractmethod
+    def user_message(self, question: str, answers: Sequence[str], media: Sequence[str], family: str) -> str:
+        """SPEC's user message for these answers (in the order shown) and media."""
+
+    def prompt(
+        self, row: Mapping[str, Any], order: str, media: Sequence[str], family: str, *, prefill_think: bool
+    ) -> str:
+        """The full ChatML prompt of one request."""
+        user = self.user_message(row["question"], self.shown_answers(row, order), media, family)
+        return chat_prompt(system_prompt_text(self.system_key), user, prefill_think=prefill_think)
+
+    def verdict_regex(self, *, reasoning_max_chars: int, prefill_think: bool) -> str:
+        return score_verdict_regex(
+            self.score_pattern, self.n_scores, reasoning_max_chars=reasoning_max_chars, prefill_think=prefill_think
+        )
+
+    # -- verdicts --------------------------------------------------------------------------------
+
+    def parse(self, text: str, *, think_prefilled: bool = False) -> tuple[float, ...] | None:
+        return parse_scores(text, self.n_scores, scale=self.scale, think_prefilled=think_prefilled)
+
+    def to_original(self, scores: Sequence[float], order: str) -> tuple[float, ...]:
+        """Scores as shown -> scores in the row's own answer order."""
+        if order != "ab":
+            raise ValueError(f"{self.mode} judging has only the 'ab' order, not {order!r}")
+        return tuple(scores)
+
+    def verdict(self, order: str, scores: Sequence[float] | None, **fields: Any) -> Verdict:
+        """A Verdict of this format: scores checked against its shape and mapped back to the row's order."""
+        if order not in ORDERS:
+            raise ValueError(f"unknown answer order {order!r}; expected one of {ORDERS}")
+        shown = None if scores is None else tuple(float(s) for s in scores)
+        if shown is not None and len(shown) != self.n_scores:
+            raise ValueError(f"a {self.mode} verdict holds {self.n_scores} score(s), not {len(shown)}")
+        original = None if shown is None else self.to_original(shown, order)
+        return Verdict(order=order, scores=shown, original_scores=original, **fields)  # type: ignore[arg-type]
+
+    def read(self, text: str, *, order: str = "ab", think_prefilled: bool = False, **fields: Any) -> Verdict:
+        """Parse one completion's text into a Verdict."""
+        return self.verdict(order, self.parse(text, think_prefilled=think_prefilled), text=text, **fields)
+
+    @abstractmethod
+    def aggregate(self, verdicts: Sequence[Verdict]) -> Result:
+        """Aggregate a row's verdicts (every attempt of every slot)."""
+
+    def unparsed_error(self, result: Result, attempts: int) -> UnparsedVerdict | None:
+        """The row's error when a slot never parsed (or nothing did)."""
+        if not result.unparsed_slots and result.n_parsed:
+            return None
+        slots = ", ".join(f"{order}:{sample}" for order, sample in result.unparsed_slots)
+        return UnparsedVerdict(REASON_UNPARSED, f"no parsable verdict after {attempts} attempts (slots {slots})")
+
+    # -- labels ----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def decide(self, result: Any, rules: Any) -> tuple[str, str | None]:
+        """(outcome, reason) by the format's rules, in the order of `drop_reasons`; kept rows: reason None."""
+
+    def labels(self, row: Mapping[str, Any], result: Any) -> dict[str, Any]:
+        """The `label_columns` of a kept row."""
+        return {}
+
+    # -- dry runs and outputs --------------------------------------------------------------------
+
+    def simulated_verdict(self, request: JudgeRequest) -> str:
+        """A well-formed verdict drawn from the request's seed: what a dry run's engine answers."""
+        rng = random.Random(request.seed)
+        low, high = (int(bound) for bound in self.scale)
+        return verdict_text(*(rng.randint(low, high) for _ in range(self.n_scores)))
+
+    def preference_schema(self) -> pa.Schema | None:
+        """The schema of preferences/, for formats that make preference rows."""
+        return None
+
+    def preference_rows(self, kept: pa.Table) -> pa.Table | None:
+        """preferences/ rows for kept rows (None for formats without them)."""
+        return None

@@ -1,0 +1,272 @@
+"""Pairwise judging, the trained format: two answers scored 1-10, a preference and DPO pairs.
+
+Each row is judged in its own answer order ('ab') and, with `judge.swap_order`, swapped ('ba'), the
+position-bias remedy of the paper; a swapped verdict's scores are flipped back. Per row: mean score
+per answer, votes, whether every verdict agrees on the winner, the winner and the margin.
+
+Decision rules, applied in this order; the first failure is the reason:
+  1. errors  `unparsed_verdict`       any slot unparsed after retries, or no slot at all. Partial
+                                       verdicts are never used: dropping the swapped order's slot
+                                       would silently skip the position-bias check, and a missing
+                                       sample would bias the mean.
+  2. dropped `tie`                    mean scores equal (a tie is never a preference, whatever
+                                       min_margin says).
+  3. dropped `order_disagreement`     filter.require_order_agreement and not result.order_agreement.
+  4. dropped `margin_below_min`       mean(chosen) - mean(rejected) < filter.min_margin.
+  5. dropped `chosen_score_below_min` mean(chosen) < filter.min_chosen_score.
+  otherwise kept, reason None.
+Threshold comparisons allow a 1e-9 float tolerance (a margin of 0.9999999999 from averaging
+counts as 1.0); tie detection on means uses the same tolerance.
+Before judging, a pair whose two answers are the same text is dropped (`identical_responses`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
+
+import pyarrow as pa
+from pydantic import Field
+
+from stages.config import ConfigSection
+from stages.formats.base import REASON_UNPARSED, JudgingFormat
+from stages.formats.preferences import preference_schema, preference_table
+from stages.formats.prompts import check_user_text, with_media
+from stages.formats.verdicts import EPS, ORDERS, Verdict, final_verdicts, mean
+from stages.rows import DROPPED, ERRORS, KEPT, RowRejected
+
+Winner = Literal["a", "b", "tie"]
+
+REASON_IDENTICAL = "identical_responses"
+REASON_TIE = "tie"
+REASON_ORDER_DISAGREEMENT = "order_disagreement"
+REASON_MARGIN = "margin_below_min"
+REASON_CHOSEN_SCORE = "chosen_score_below_min"
+
+
+class PairwiseRules(ConfigSection):
+    min_margin: float = Field(default=1.0, ge=0, description="Pairwise: chosen minus rejected mean score, at least.")
+    min_chosen_score: float = Field(default=0.0, ge=0, description="Pairwise: chosen mean score, at least.")
+    require_order_agreement: bool = Field(
+        default=True, description="Pairwise: both orders must pick the same winner."
+    )
+
+
+def slot_winner(original_scores: Sequence[float]) -> Winner:
+    """Winner of one pairwise verdict from the original answers' scores; equal scores tie."""
+    a, b = original_scores
+    return "a" if a > b else "b" if b > a else "tie"
+
+
+def _winner_of_means(mean_a: Optional[float], mean_b: Optional[float]) -> Optional[Winner]:
+    if mean_a is None or mean_b is None:
+        return None
+    if abs(mean_a - mean_b) <= EPS:
+        return "tie"
+    return "a" if mean_a > mean_b else "b"
+
+
+@dataclass(frozen=True)
+class PairwiseResult:
+    """Aggregate of one row's pairwise slots, all scores in the original answers' terms.
+
+    mean_a / mean_b: mean over parsed slots (None when none parsed).
+    votes_a / votes_b / ties: parsed slots preferring a, b, or scoring both equal.
+    winner_ab / winner_ba: winner of each order from that order's mean scores (None: order not
+        judged or none of its slots parsed).
+    order_agreement: True iff at least one slot parsed and every parsed slot picks the same
+        non-tie winner. A tied slot breaks agreement. With only one order judged (swap_order off)
+        it means every sample of that order agrees (with one sample: that sample is not a tie).
+    winner: from the means ("tie" when equal within 1e-9; None when nothing parsed).
+    margin: |mean_a - mean_b| (None when nothing parsed).
+    unparsed_slots: (order, sample) of slots with no parsed attempt; never counted as ties.
+    """
+
+    mean_a: Optional[float]
+    mean_b: Optional[float]
+    votes_a: int
+    votes_b: int
+    ties: int
+    winner_ab: Optional[Winner]
+    winner_ba: Optional[Winner]
+    order_agreement: bool
+    winner: Optional[Winner]
+    margin: Optional[float]
+    n_slots: int
+    n_parsed: int
+    unparsed_slots: tuple[tuple[str, int], ...]
+
+    @property
+    def chosen_score(self) -> Optional[float]:
+        return {"a": self.mean_a, "b": self.mean_b}.get(self.winner or "")
+
+    @property
+    def rejected_score(self) -> Optional[float]:
+        return {"a": self.mean_b, "b": self.mean_a}.get(self.winner or "")
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "score_a": self.mean_a,
+            "score_b": self.mean_b,
+            "votes_a": self.votes_a,
+            "votes_b": self.votes_b,
+            "votes_tie": self.ties,
+            "order_agreement": self.order_agreement,
+            "winner": self.winner,
+            "margin": self.margin,
+        }
+
+
+class PairwiseFormat(JudgingFormat):
+    mode = "pairwise"
+    summary = "two answers -> preference"
+    answer_columns = ("response_a", "response_b")
+    system_key = "train_pairwise_1_10__judgelrm_generation"
+    scale = (1.0, 10.0)
+    n_scores = 2
+    score_pattern = "10|[1-9]"
+    rules = PairwiseRules
+    drop_reasons = {
+        REASON_IDENTICAL: "both answers are the same text: no preference can come from them (not judged)",
+        REASON_TIE: "equal mean scores",
+        REASON_ORDER_DISAGREEMENT: "the two answer orders (or samples) picked different winners",
+        REASON_MARGIN: "chosen minus rejected mean score below `filter.min_margin`",
+        REASON_CHOSEN_SCORE: "chosen mean score below `filter.min_chosen_score`",
+    }
+    result_columns = {
+        "score_a": pa.float64(),
+        "score_b": pa.float64(),
+        "votes_a": pa.int32(),
+        "votes_b": pa.int32(),
+        "votes_tie": pa.int32(),
+        "order_agreement": pa.bool_(),
+        "winner": pa.string(),
+        "margin": pa.float64(),
+    }
+    label_columns = {
+        "chosen": pa.string(),
+        "rejected": pa.string(),
+        "score_chosen": pa.float64(),
+        "score_rejected": pa.float64(),
+    }
+    histograms = {"score_chosen": 1.0, "score_rejected": 1.0, "margin": 1.0}
+
+    # -- columns ---------------------------------------------------------------------------------
+
+    def required_columns(self, mapping: Mapping[str, str]) -> list[str]:
+        if "responses" in mapping:  # one list column holding both answers
+            return [mapping.get("question", "question"), mapping["responses"]]
+        return super().required_columns(mapping)
+
+    def answers(self, get: Callable[[str], Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+        if "responses" not in mapping:
+            return super().answers(get, mapping)
+        answers = get("responses")
+        if answers is None or len(answers) != 2:
+            raise RowRejected("invalid_responses", f"expected a list of 2 responses, got {answers!r:.80}")
+        return dict(zip(self.answer_columns, answers))
+
+    def drop_before_judging(self, answers: Mapping[str, str]) -> str | None:
+        a, b = (answers[column] for column in self.answer_columns)
+        return REASON_IDENTICAL if a.strip() == b.strip() else None
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def orders(self, swap_order: bool) -> tuple[str, ...]:
+        return ORDERS if swap_order else ("ab",)
+
+    def shown_answers(self, row: Mapping[str, Any], order: str) -> list[str]:
+        a, b = (row[column] for column in self.answer_columns)
+        if order == "ab":
+            return [a, b]
+        if order == "ba":
+            return [b, a]
+        raise ValueError(f"unknown answer order {order!r}; expected 'ab' or 'ba'")
+
+    def user_message(self, question: str, answers: Sequence[str], media: Sequence[str], family: str) -> str:
+        """SPEC: `{media}\\n\\n[Question]\\n{q}\\n\\n[Assistant 1's Answer]\\n{a1}\\n\\n[Assistant 2's Answer]\\n{a2}`."""
+        if isinstance(answers, str) or len(answers) != 2:
+            raise ValueError("pairwise judging takes 2 answers")
+        body = (
+            "[Question]\n"
+            + check_user_text("question", question)
+            + "\n\n[Assistant 1's Answer]\n"
+            + check_user_text("answer_1", answers[0])
+            + "\n\n[Assistant 2's Answer]\n"
+            + check_user_text("answer_2", answers[1])
+        )
+        return with_media(body, media, family)
+
+    # -- verdicts --------------------------------------------------------------------------------
+
+    def to_original(self, scores: Sequence[float], order: str) -> tuple[float, ...]:
+        """'ba' flips the two scores back; its own inverse."""
+        if order == "ab":
+            return tuple(scores)
+        if order == "ba":
+            if len(scores) != 2:
+                raise ValueError("a swapped ('ba') verdict must hold exactly two scores")
+            return (scores[1], scores[0])
+        raise ValueError(f"unknown answer order {order!r}; expected 'ab' or 'ba'")
+
+    def aggregate(self, verdicts: Sequence[Verdict]) -> PairwiseResult:
+        slots = final_verdicts(verdicts)
+        parsed = [v for v in slots.values() if v.parsed]
+        unparsed = [slot for slot, v in slots.items() if not v.parsed]
+        originals = [v.original_scores or () for v in parsed]
+        for slot, scores in zip((v.slot for v in parsed), originals):
+            if len(scores) != 2:
+                raise ValueError(f"pairwise verdict {slot} holds {len(scores)} scores, not 2")
+        winners = [slot_winner(s) for s in originals]
+        mean_a = mean([s[0] for s in originals])
+        mean_b = mean([s[1] for s in originals])
+        per_order: dict[str, Optional[Winner]] = {}
+        for order in ORDERS:
+            of_order = [v.original_scores or () for v in parsed if v.order == order]
+            per_order[order] = _winner_of_means(mean([s[0] for s in of_order]), mean([s[1] for s in of_order]))
+        agreement = bool(winners) and winners[0] != "tie" and all(w == winners[0] for w in winners)
+        return PairwiseResult(
+            mean_a=mean_a,
+            mean_b=mean_b,
+            votes_a=winners.count("a"),
+            votes_b=winners.count("b"),
+            ties=winners.count("tie"),
+            winner_ab=per_order["ab"],
+            winner_ba=per_order["ba"],
+            order_agreement=agreement,
+            winner=_winner_of_means(mean_a, mean_b),
+            margin=None if mean_a is None or mean_b is None else abs(mean_a - mean_b),
+            n_slots=len(slots),
+            n_parsed=len(parsed),
+            unparsed_slots=tuple(unparsed),
+        )
+
+    # -- labels ----------------------------------------------------------------------------------
+
+    def decide(self, result: PairwiseResult, rules: PairwiseRules) -> tuple[str, Optional[str]]:
+        if result.unparsed_slots or result.n_parsed == 0 or result.winner is None:
+            return ERRORS, REASON_UNPARSED
+        if result.winner == "tie":
+            return DROPPED, REASON_TIE
+        if rules.require_order_agreement and not result.order_agreement:
+            return DROPPED, REASON_ORDER_DISAGREEMENT
+        if (result.margin or 0.0) + EPS < rules.min_margin:
+            return DROPPED, REASON_MARGIN
+        if (result.chosen_score or 0.0) + EPS < rules.min_chosen_score:
+            return DROPPED, REASON_CHOSEN_SCORE
+        return KEPT, None
+
+    def labels(self, row: Mapping[str, Any], result: PairwiseResult) -> dict[str, Any]:
+        a, b = (row[column] for column in self.answer_columns)
+        a_wins = result.winner == "a"
+        return {
+            "chosen": a if a_wins else b,
+            "rejected": b if a_wins else a,
+            "score_chosen": result.chosen_score,
+            "score_rejected": result.rejected_score,
+        }
+
+    def preference_schema(self) -> pa.Schema:
+        return preference_schema()
+
+    def preference_rows(self, kept: pa.Table) -> pa.Table:
+        return preference_table(kept)

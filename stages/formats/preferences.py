@@ -1,0 +1,87 @@
+"""Preference pairs in TRL's conversational format, the rows of preferences/.
+
+The schema is built from Hugging Face `datasets` features, so its Parquet files carry the features
+metadata: `load_dataset("parquet", ...)` then yields `images` as PIL images, the form TRL's vision
+DPO trainer takes. Audio and video stay plain `{bytes, path}` structs: decoding them in `datasets`
+needs torchcodec, which a CPU install does not have.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from stages.rows import MODALITIES
+
+_MEDIA_LISTS = {"image": "images", "audio": "audios", "video": "videos"}
+_FROM_KEPT = ("id", "question", "chosen", "rejected", "score_chosen", "score_rejected", "margin", "judge_model")
+
+
+@lru_cache(maxsize=1)
+def preference_schema() -> pa.Schema:
+    """The Arrow schema of preferences/, with its `datasets` features metadata."""
+    from datasets import Features, Image, List, Value  # half a second to import: only when rows are written
+
+    media = {"bytes": Value("binary"), "path": Value("string")}
+    messages = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
+    features = Features(
+        {
+            "id": Value("string"),
+            "prompt": messages,
+            "chosen": messages,
+            "rejected": messages,
+            "images": List(Image()),
+            "audios": List(media),
+            "videos": List(media),
+            "score_chosen": Value("float64"),
+            "score_rejected": Value("float64"),
+            "margin": Value("float64"),
+            "judge_model": Value("string"),
+        }
+    )
+    return features.arrow_schema
+
+
+def trl_user_message(question: str, media: Sequence[str]) -> dict[str, Any]:
+    """TRL conversational user turn for the preference output.
+
+    `{"role": "user", "content": [{"type": "image", "text": None}, ..., {"type": "text", "text": q}]}`:
+    one item per media entry, in order, then the question. Every item has the same keys (type, text)
+    so Arrow stores the content list as one struct type.
+    """
+    if isinstance(media, str):
+        raise TypeError("media must be a sequence of modality names, not a string")
+    content: list[dict[str, Any]] = []
+    for modality in media:
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown media modality {modality!r}; expected one of {MODALITIES}")
+        content.append({"type": modality, "text": None})
+    content.append({"type": "text", "text": question})
+    return {"role": "user", "content": content}
+
+
+def _assistant(text: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def preference_table(kept: pa.Table) -> pa.Table:
+    """One DPO row per kept row (which holds `chosen`, `rejected` and their scores)."""
+    columns = [c for c in (*_FROM_KEPT, *MODALITIES) if c in kept.column_names]
+    rows = []
+    for row in kept.select(columns).to_pylist():
+        media = [m for m in MODALITIES if row.get(m) is not None]
+        rows.append(
+            {
+                "id": row["id"],
+                "prompt": [trl_user_message(row["question"], media)],
+                "chosen": _assistant(row["chosen"]),
+                "rejected": _assistant(row["rejected"]),
+                **{_MEDIA_LISTS[m]: [row[m]] if row.get(m) else [] for m in MODALITIES},
+                "score_chosen": row["score_chosen"],
+                "score_rejected": row["score_rejected"],
+                "margin": row["margin"],
+                "judge_model": row["judge_model"],
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=preference_schema())

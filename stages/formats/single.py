@@ -1,0 +1,83 @@
+"""Single-answer judging: one answer scored 1-5, for filtering.
+
+Decision rules, applied in this order; the first failure is the reason:
+  1. errors  `unparsed_verdict`  any slot unparsed after retries, or no slot at all.
+  2. dropped `score_below_min`   mean score < filter.min_score (1e-9 float tolerance).
+  otherwise kept, reason None.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import pyarrow as pa
+from pydantic import Field
+
+from stages.config import ConfigSection
+from stages.formats.base import REASON_UNPARSED, JudgingFormat
+from stages.formats.prompts import check_user_text, with_media
+from stages.formats.verdicts import EPS, Verdict, final_verdicts, mean
+from stages.rows import DROPPED, ERRORS, KEPT
+
+REASON_SCORE = "score_below_min"
+
+
+class SingleRules(ConfigSection):
+    min_score: float = Field(default=3.0, ge=0, description="Single: mean score (1-5) to keep a row.")
+
+
+@dataclass(frozen=True)
+class SingleResult:
+    mean_score: Optional[float]
+    n_slots: int
+    n_parsed: int
+    unparsed_slots: tuple[tuple[str, int], ...]
+
+    def columns(self) -> dict[str, Any]:
+        return {"score": self.mean_score}
+
+
+class SingleFormat(JudgingFormat):
+    mode = "single"
+    summary = "one answer -> score"
+    answer_columns = ("response",)
+    system_key = "mllm_judge_score_1_5"
+    scale = (1.0, 5.0)
+    n_scores = 1
+    score_pattern = "[1-5]"
+    rules = SingleRules
+    drop_reasons = {REASON_SCORE: "single mode: mean score below `filter.min_score`"}
+    result_columns = {"score": pa.float64()}
+    histograms = {"score": 0.5}
+
+    def user_message(self, question: str, answers: Sequence[str], media: Sequence[str], family: str) -> str:
+        """SPEC: `{media}\\n\\n[Question]\\n{q}\\n\\n[Assistant's Answer]\\n{a}`."""
+        if isinstance(answers, str) or len(answers) != 1:
+            raise ValueError("single judging takes 1 answer")
+        body = "[Question]\n" + check_user_text("question", question) + "\n\n[Assistant's Answer]\n" + check_user_text(
+            "answer", answers[0]
+        )
+        return with_media(body, media, family)
+
+    def aggregate(self, verdicts: Sequence[Verdict]) -> SingleResult:
+        slots = final_verdicts(verdicts)
+        scores: list[float] = []
+        for slot, verdict in slots.items():
+            if verdict.original_scores is None:
+                continue
+            if len(verdict.original_scores) != 1:
+                raise ValueError(f"single verdict {slot} holds {len(verdict.original_scores)} scores, not 1")
+            scores.append(verdict.original_scores[0])
+        return SingleResult(
+            mean_score=mean(scores),
+            n_slots=len(slots),
+            n_parsed=len(scores),
+            unparsed_slots=tuple(slot for slot, v in slots.items() if not v.parsed),
+        )
+
+    def decide(self, result: SingleResult, rules: SingleRules) -> tuple[str, Optional[str]]:
+        if result.unparsed_slots or result.n_parsed == 0 or result.mean_score is None:
+            return ERRORS, REASON_UNPARSED
+        if result.mean_score + EPS < rules.min_score:
+            return DROPPED, REASON_SCORE
+        return KEPT, None

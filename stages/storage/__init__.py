@@ -1,0 +1,1 @@
+"""Output storage: filesystems and atomic files (files.py), batch commits and resume (commit.py)."""
