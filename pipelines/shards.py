@@ -1,8 +1,9 @@
 """Find the input shards and check them on the driver, before any worker or GPU is asked for.
 
-Reading only Parquet footers, every shard is checked for the columns its mode needs; a shard that
-cannot be opened or lacks a column fails the run here, naming the shard and the column, unless
-`input.skip_bad_shards` lists and skips it.
+Reading only Parquet footers, every shard is checked for the columns its mode needs and against the
+shards before it; a shard that cannot be opened, lacks a column or disagrees with an earlier shard
+on a column's type fails the run here, naming the shard and the column, unless
+`input.skip_bad_shards` lists and skips it (report.json's `skipped_shards`).
 """
 from __future__ import annotations
 
@@ -112,17 +113,30 @@ def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
     return a == b or pa.types.is_null(a) or pa.types.is_null(b) or both_text
 
 
-def check_consistent(schemas: dict[str, pa.Schema]) -> None:
-    """Shards of one run must agree on each column's type (Ray cannot read them as one dataset)."""
+def check_consistent(schemas: dict[str, pa.Schema], skip_bad_shards: bool = False) -> dict[str, str]:
+    """Shards of one run must agree on each column's type (Ray cannot read them as one dataset).
+
+    A shard that disagrees with an earlier one fails the run, or with `skip_bad_shards` is left out:
+    returns path -> why for each shard left out. Later shards are checked against the kept ones only.
+    """
     seen: dict[str, tuple[pa.DataType, str]] = {}
+    skipped: dict[str, str] = {}
     for path, schema in schemas.items():
+        conflicts = [
+            f"column '{column.name}' is {seen[column.name][0]} in shard {seen[column.name][1]} but {column.type} "
+            f"in shard {path}"
+            for column in schema
+            if column.name in seen and not _compatible(seen[column.name][0], column.type)
+        ]
+        if conflicts and not skip_bad_shards:
+            raise ShardError(f"{conflicts[0]}; write the shards with one schema (or pass --skip-bad-shards)")
+        if conflicts:
+            skipped[path] = "; ".join(conflicts)
+            continue
         for column in schema:
-            first = seen.setdefault(column.name, (column.type, path))
-            if not _compatible(first[0], column.type):
-                raise ShardError(
-                    f"column '{column.name}' is {first[0]} in shard {first[1]} but {column.type} in shard {path}; "
-                    "write the shards with one schema"
-                )
+            if column.name not in seen or pa.types.is_null(seen[column.name][0]):
+                seen[column.name] = (column.type, path)
+    return skipped
 
 
 def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> ShardSet:
@@ -154,8 +168,10 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
                 continue
             good[path] = metadata.num_rows
             schemas[path] = schema
+    assert filesystem is not None
+    for path, problem in check_consistent(schemas, input_cfg.skip_bad_shards).items():
+        skipped[path] = problem
+        del good[path]
     if not good:
         raise ShardError(f"no readable shards among {len(skipped)} inputs: " + "; ".join(skipped.values()))
-    assert filesystem is not None
-    check_consistent(schemas)
     return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped)

@@ -71,3 +71,17 @@ def test_mapped_and_list_columns_are_checked_by_their_user_names(tmp_path):
     pq.write_table(pa.table({"query": ["q"], "response": ["a"]}), tmp_path / "vlrb.parquet")
     with pytest.raises(ShardError, match="expected a list of 2 strings"):
         discover([str(tmp_path)], PAIRWISE, InputConfig(preset="vl_rewardbench"))
+
+
+def test_shard_disagreeing_on_a_column_type_fails_or_the_later_one_is_skipped(tmp_path):
+    pq.write_table(GOOD.append_column("score", pa.array([1, 2])), tmp_path / "a.parquet")
+    pq.write_table(GOOD.append_column("score", pa.array(["high", "low"])), tmp_path / "b.parquet")
+    pq.write_table(GOOD.append_column("score", pa.array([None, None], pa.null())), tmp_path / "c.parquet")
+    pq.write_table(GOOD.append_column("score", pa.array([3, 4])), tmp_path / "d.parquet")
+    with pytest.raises(ShardError, match=r"column 'score' is int64 in shard .*a\.parquet but string in shard .*b\.parquet"):
+        discover([str(tmp_path)], PAIRWISE, InputConfig())
+    found = discover([str(tmp_path)], PAIRWISE, InputConfig(skip_bad_shards=True))
+    assert [p.rsplit("/", 1)[1] for p in found.paths] == ["a.parquet", "c.parquet", "d.parquet"]
+    assert list(found.skipped) == [str(tmp_path / "b.parquet")]
+    assert "'score' is int64" in found.skipped[str(tmp_path / "b.parquet")]
+    assert found.rows == 6
