@@ -60,8 +60,9 @@ def config_from_args(args: argparse.Namespace, config_path: str | Path, **values
 
 
 def resolve_model(cfg: RunConfig) -> None:
-    """Replace the tiny-model alias by its local path, building it once if needed."""
-    if cfg.judge.engine.model != TINY_MODEL:
+    """Replace the tiny-model alias by its local path, building it once if needed (not for a dry
+    run: the simulated engine loads no model)."""
+    if cfg.judge.engine.model != TINY_MODEL or cfg.judge.engine.backend == "simulated":
         return
     from jobs.tiny_model import build_tiny_omni
 
