@@ -83,8 +83,9 @@ class _ActorStage:
         self.stage.close()
 
 
-def read_rows(paths: list[str], filesystem: Any, rows_per_block: int) -> Dataset:
-    """The shards' rows as blocks of at most `rows_per_block` rows.
+def read_rows(paths: list[str], filesystem: Any, rows_per_block: int, row_hash: bool = False) -> Dataset:
+    """The shards' rows as blocks of at most `rows_per_block` rows (with `row_hash`, each row's
+    `row_hash`: a hash of its shard's path and its position there, for rows without an id).
 
     Ray Data packs row groups into read tasks of up to 128 MiB with one output block each; with
     media columns that is hundreds of rows, and a map stage runs one task per block, so a shard's
@@ -92,7 +93,7 @@ def read_rows(paths: list[str], filesystem: Any, rows_per_block: int) -> Dataset
     slicing, no shuffle) cuts the blocks to the first stages' batch size: CPU stages run one task per
     batch, in parallel, and the judge receives batch-sized bundles.
     """
-    dataset = ray.data.read_parquet(paths, filesystem=filesystem)
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem, include_row_hash=row_hash)
     return dataset.repartition(target_num_rows_per_block=rows_per_block)
 
 

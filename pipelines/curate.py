@@ -16,13 +16,14 @@ import ray
 
 from pipelines.adapter import apply_stage, read_rows
 from pipelines.config import RunConfig
-from pipelines.duplicates import find_duplicate_ids, settle_duplicates
+from pipelines.duplicates import settle_duplicates
 from pipelines.incremental import load_state, partition, plan_night, record_night
 from pipelines.metrics import start_metrics
 from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
 from pipelines.report import build_report, merge_batch_stats, write_report
 from pipelines.run_dir import OutputExists, open_run_directory
+from pipelines.shard_ids import read_shard_ids
 from pipelines.shards import ShardSet, discover
 from stages.base import Stage
 from stages.decode import DecodeStage
@@ -49,10 +50,11 @@ def build_stages(
     cfg: RunConfig,
     engine_factory: Callable[[], Engine] | None = None,
     skip_ids: frozenset[str] = frozenset(),
+    row_hash: bool = False,
 ) -> list[Stage]:
     fmt = cfg.judging_format()
     return [
-        NormalizeStage(fmt, cfg.input, batch_size=cfg.decode_batch_size, skip_ids=skip_ids),
+        NormalizeStage(fmt, cfg.input, batch_size=cfg.decode_batch_size, skip_ids=skip_ids, row_hash=row_hash),
         DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size),
         JudgeStage(fmt, cfg.judge, engine_factory=engine_factory),
         LabelStage(fmt, cfg.filter),
@@ -97,14 +99,16 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
     if run_dir.resumed_batches:
         log.info("resuming: %d committed batches (%d rows) kept, %d orphan files removed",
                  run_dir.resumed_batches, len(run_dir.committed_ids), len(run_dir.removed_orphans))
-    duplicates = find_duplicate_ids(shards, cfg.input.column_mapping().get("id", "id"))
+    ids = read_shard_ids(shards, cfg.input.column_mapping().get("id", "id"))
+    duplicates = ids.duplicates()
     if duplicates and not set(duplicates) <= run_dir.committed_ids:
         settle_duplicates(cfg, shards, duplicates)
-    stages = build_stages(cfg, engine_factory, skip_ids=run_dir.committed_ids | frozenset(duplicates))
+    skip_ids = run_dir.committed_ids | frozenset(duplicates)
+    stages = build_stages(cfg, engine_factory, skip_ids=skip_ids, row_hash=ids.needs_row_hash)
 
     metrics, ledger = start_metrics(), start_ledger()
     try:
-        dataset = read_rows(shards.paths, shards.filesystem, cfg.decode_batch_size)
+        dataset = read_rows(shards.paths, shards.filesystem, cfg.decode_batch_size, row_hash=ids.needs_row_hash)
         for stage in stages:
             dataset = apply_stage(dataset, stage, metrics, ledger)
         progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics)

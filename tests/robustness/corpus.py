@@ -21,9 +21,10 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.shard_ids import row_hashes
 from stages.engines.simulated import SimulatedEngine
 from stages.formats.pairwise import PairwiseFormat
-from stages.normalize import content_id
+from stages.normalize import derived_ids
 from tests import synthetic_media as sm
 
 MEDIA = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -253,7 +254,7 @@ def binary_invalid_utf8_cases() -> list[Case]:
 
 
 def id_cases() -> list[tuple[Case, str | None]]:
-    """Rows whose id is missing: a content-derived id is given (never a crash, never a collision)."""
+    """Rows whose id is missing: one is derived from shard and position (never a crash, never a collision)."""
     return [(Case("id_null"), None), (Case("id_blank"), "  ")]
 
 
@@ -279,13 +280,12 @@ def write_shard(path: Path, rows: list[dict[str, Any]], text_type: pa.DataType =
     pq.write_table(pa.Table.from_pylist(rows, schema=schema(text_type)), path)
 
 
-def expected_id(row: dict[str, Any]) -> str:
-    """The id a row is written under: its own, or NormalizeStage's content id."""
+def expected_id(row: dict[str, Any], shard: Path, position: int) -> str:
+    """The id a row is written under: its own, or the one derived from its shard's path and position."""
     given = row.get("id")
     if given is not None and str(given).strip():
         return str(given)
-    canonical = {k: (v.decode() if isinstance(v, bytes) and k in TEXT_COLUMNS else v) for k, v in row.items()}
-    return content_id(canonical)
+    return derived_ids(pa.array(row_hashes(str(shard), position + 1), pa.uint64()))[position].as_py()
 
 
 def read_dir(directory: Path) -> pa.Table:
