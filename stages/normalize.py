@@ -9,6 +9,7 @@ identical answers) to dropped/, so no GPU time is spent on them.
 """
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -32,6 +33,7 @@ CANONICAL_TYPES: dict[str, pa.DataType] = {
     **ERROR_COLUMNS,
     DROP_REASON: pa.string(),
 }
+DROP_CONTROL_CHARACTERS = "control_characters"
 # Ray Data's `read_parquet(include_row_hash=True)` column: a uint64 hash of the shard's path and the
 # row's position in it. Rows without an id of their own are known by it.
 ROW_HASH = "row_hash"
@@ -69,6 +71,25 @@ class ColumnsConfig(ConfigSection):
         if unknown:
             raise ValueError(f"unknown canonical column(s) {unknown}; expected some of {sorted(allowed)}")
         return value
+
+
+class NormalizeConfig(ColumnsConfig):
+    """How rows are read into canonical ones: the column mapping, and the text rule (the run config's
+    `input` section holds these)."""
+
+    drop_control_characters: bool = Field(
+        default=False,
+        description="Drop rows whose question or answers hold control characters (Unicode Cc other than tab, "
+        "newline and carriage return; NUL included) as control_characters. false: such text is judged as given.",
+    )
+
+
+_KEPT_CONTROLS = frozenset("\t\n\r")
+
+
+def control_characters(text: str) -> list[str]:
+    """The control characters in `text` that drop_control_characters drops rows for."""
+    return sorted({c for c in text if unicodedata.category(c) == "Cc" and c not in _KEPT_CONTROLS})
 
 
 def given_ids(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -144,8 +165,6 @@ def as_text(value: Any, field: str) -> str:
         raise RowRejected(f"invalid_text_{field}", f"{field} must be text, got {type(value).__name__}")
     if not value.strip():
         raise RowRejected(f"empty_{field}", f"{field} is empty")
-    if "\x00" in value:
-        raise RowRejected(f"invalid_text_{field}", f"{field} contains a NUL character")
     return value
 
 
@@ -156,7 +175,7 @@ class NormalizeStage(Stage):
     def __init__(
         self,
         fmt: JudgingFormat,
-        columns: ColumnsConfig,
+        settings: NormalizeConfig,
         batch_size: int = 64,
         skip_ids: frozenset[str] = frozenset(),
         row_hash: bool = False,
@@ -166,7 +185,8 @@ class NormalizeStage(Stage):
         self.row_hash = row_hash
         # Rows already accounted for (committed by an interrupted attempt, or settled on the driver).
         self.skip_ids = skip_ids
-        self.mapping = columns.column_mapping()
+        self.mapping = settings.column_mapping()
+        self.drop_control_characters = settings.drop_control_characters
         self.batch_size = batch_size
         self.adds = dict(CANONICAL_TYPES)
 
@@ -222,6 +242,10 @@ class NormalizeStage(Stage):
         return row, error
 
     def _check_text(self, row: dict[str, Any]) -> None:
-        for column in ("question", *self.fmt.answer_columns):
+        judged = ("question", *self.fmt.answer_columns)
+        for column in judged:
             row[column] = as_text(row[column], column)
+        if self.drop_control_characters and any(control_characters(row[column]) for column in judged):
+            row[DROP_REASON] = DROP_CONTROL_CHARACTERS
+            return
         row[DROP_REASON] = self.fmt.drop_before_judging({c: row[c] for c in self.fmt.answer_columns})

@@ -105,3 +105,14 @@ def test_single_mode_needs_response():
     rows = run(table, mode="single")
     assert rows[0]["error_stage"] is None
     assert rows[1]["error_stage"] == "normalize" and "[empty_response]" in rows[1]["error"]
+
+
+def test_text_with_control_characters_is_judged_or_dropped_by_the_rule():
+    table = pa.table({"id": ["nul", "bell", "plain"], "question": ["what\x00is", "q\x07", "line\tone\r\ntwo"],
+                      "response_a": ["a"] * 3, "response_b": ["b"] * 3})
+    judged = {r["id"]: r for r in run(table)}
+    assert all(r["error_stage"] is None and r["drop_reason"] is None for r in judged.values())
+    assert judged["nul"]["question"] == "what\x00is"  # kept as given
+    strict = {r["id"]: r for r in run(table, drop_control_characters=True)}
+    assert strict["nul"]["drop_reason"] == strict["bell"]["drop_reason"] == "control_characters"
+    assert strict["plain"]["drop_reason"] is None and strict["nul"]["error_stage"] is None
