@@ -22,7 +22,8 @@ from pipelines.metrics import start_metrics
 from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
 from pipelines.report import build_report, merge_batch_stats, write_report
-from pipelines.run_dir import OutputExists, open_run_directory
+from pipelines.errors import RunInterrupted, first_line
+from pipelines.run_dir import OutputExists, RunDirectory, open_run_directory
 from pipelines.shard_ids import read_shard_ids
 from pipelines.shards import ShardSet, discover
 from stages.base import Stage
@@ -101,14 +102,33 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
                  run_dir.resumed_batches, len(run_dir.committed_ids), len(run_dir.removed_orphans))
     ids = read_shard_ids(shards, cfg.input.column_mapping().get("id", "id"))
     duplicates = ids.duplicates()
-    if duplicates and not set(duplicates) <= run_dir.committed_ids:
-        settle_duplicates(cfg, shards, duplicates)
-    skip_ids = run_dir.committed_ids | frozenset(duplicates)
-    stages = build_stages(cfg, engine_factory, skip_ids=skip_ids, row_hash=ids.needs_row_hash)
+    try:
+        if duplicates and not set(duplicates) <= run_dir.committed_ids:
+            settle_duplicates(cfg, shards, duplicates)
+        skip_ids = run_dir.committed_ids | frozenset(duplicates)
+        stages = build_stages(cfg, engine_factory, skip_ids=skip_ids, row_hash=ids.needs_row_hash)
+        return _stream(cfg, shards, run_dir, stages, ids.needs_row_hash, started, len(duplicates))
+    except Exception as exc:  # the run started: what it committed stays, a rerun resumes from there
+        log.exception("the run stopped before finishing")
+        raise RunInterrupted(
+            f"the run stopped before finishing ({first_line(exc)}); its committed batches are kept: "
+            "rerun the same command to resume"
+        ) from exc
 
+
+def _stream(
+    cfg: RunConfig,
+    shards: ShardSet,
+    run_dir: RunDirectory,
+    stages: list[Stage],
+    row_hash: bool,
+    started: float,
+    duplicates: int,
+) -> RunResult:
+    """Stream the plan (the write stage commits batch by batch), then report; the run has started."""
     metrics, ledger = start_metrics(), start_ledger()
     try:
-        dataset = read_rows(shards.paths, shards.filesystem, cfg.decode_batch_size, row_hash=ids.needs_row_hash)
+        dataset = read_rows(shards.paths, shards.filesystem, cfg.decode_batch_size, row_hash=row_hash)
         for stage in stages:
             dataset = apply_stage(dataset, stage, metrics, ledger)
         progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics)
@@ -132,7 +152,7 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
         finished=time.time(),
     )
     report["resumed"] = {"committed_batches": run_dir.resumed_batches, "committed_rows": len(run_dir.committed_ids)}
-    report["duplicate_ids"] = len(duplicates)
+    report["duplicate_ids"] = duplicates
     write_report(run_dir.filesystem, f"{run_dir.root}/report.json", report)
     if report["status"] == "succeeded":
         run_dir.mark_success()

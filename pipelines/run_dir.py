@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from pyarrow import fs as pafs
 
 from pipelines.config import RunConfig
@@ -23,6 +24,10 @@ RUN_IDENTITY = "_run.json"
 
 class OutputExists(RuntimeError):
     """The output directory holds a finished run, or an unfinished one of a different run."""
+
+
+class OutputUnusable(RuntimeError):
+    """The output location cannot be used: a malformed URI, no permission, an unreachable bucket."""
 
 
 @dataclass
@@ -53,6 +58,15 @@ def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
 
 
 def open_run_directory(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
+    """Start the run in cfg.output.path, or resume the unfinished attempt there; OutputExists or
+    OutputUnusable when it cannot."""
+    try:
+        return _open(cfg, shard_paths)
+    except (OSError, pa.ArrowException) as exc:
+        raise OutputUnusable(f"cannot use {cfg.output.path} as the output ({type(exc).__name__}: {exc})") from exc
+
+
+def _open(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
     filesystem, root = filesystem_for(cfg.output.path)
     root = root.rstrip("/")
     identity = run_identity(cfg, shard_paths)

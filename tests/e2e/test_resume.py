@@ -3,19 +3,17 @@ same outputs a clean run gives: every id once, same outcomes, same verdicts."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from jobs.demo import DEMO_CONFIG, write_demo_shards
+from tests.processes import kill_tree
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,12 +50,7 @@ def kill_when(inputs: Path, output: Path, committed_batches: int, latest: float 
             break
         time.sleep(0.05)
     assert job.poll() is None, "the job finished before it could be killed"
-    family = [job.pid, *(p.pid for p in psutil.Process(job.pid).children(recursive=True))]
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_tree(job.pid)
     job.wait()
     return len(list(manifests.glob("*.json"))) if manifests.is_dir() else 0
 
@@ -117,7 +110,7 @@ def test_identical_rows_without_ids_are_each_judged_once_across_a_kill(tmp_path)
     pq.write_table(pa.table({name: [p[k] for p in pairs] for k, name in enumerate(("question", "response_a", "response_b"))}),
                    inputs / "copies.parquet")
     output = tmp_path / "out"
-    assert kill_when(inputs, output, committed_batches=1) >= 1
+    assert kill_when(inputs, output, committed_batches=1, latest=300) >= 1, "no batch committed before the kill"
     run_to_end(inputs, output)
     got = snapshot(output)
     shards = discover([str(inputs)], PairwiseFormat(), InputConfig())
