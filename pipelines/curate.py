@@ -2,8 +2,9 @@
 
 `build_stages` has no side effects. `run_curation` checks the shards, opens the run directory (a new
 run, or the resumption of an interrupted one), settles duplicate ids, streams the plan (the write
-stage commits batch by batch), then writes report.json and _SUCCESS. Incremental runs first narrow
-the shards to the night's new ones. The caller owns `ray.init` (jobs/ entrypoints do).
+stage commits batch by batch), then writes report.json and _SUCCESS. Incremental runs first finish
+a night left unfinished, then narrow the shards to the night's new ones. The caller owns `ray.init`
+(jobs/ entrypoints do).
 """
 from __future__ import annotations
 
@@ -17,13 +18,23 @@ import ray
 from pipelines.adapter import apply_stage, read_rows
 from pipelines.config import RunConfig
 from pipelines.duplicates import settle_duplicates
-from pipelines.incremental import load_state, partition, plan_night, record_night
+from pipelines.incremental import (
+    RUNNING,
+    NightPlan,
+    begin_night,
+    load_state,
+    night_date,
+    partition,
+    plan_night,
+    record_night,
+    unfinished_night,
+)
 from pipelines.metrics import start_metrics
 from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
 from pipelines.report import build_report, merge_batch_stats, write_report
 from pipelines.errors import RunInterrupted, first_line
-from pipelines.run_dir import OutputExists, RunDirectory, open_run_directory
+from pipelines.run_dir import RUN_IDENTITY, OutputExists, RunDirectory, is_finished, open_run_directory
 from pipelines.shard_ids import read_shard_ids
 from pipelines.shards import ShardSet, discover
 from stages.base import Stage
@@ -74,20 +85,55 @@ def check_stage_chain(stages: list[Stage], initial: set[str]) -> None:
 
 
 def run_curation(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = None) -> RunResult:
-    """Run the job; with `incremental.enabled`, only the night's new shards, into their partition."""
+    """Run the job; with `incremental.enabled`, first the night a failed or killed attempt left
+    unfinished (in its own partition), then tonight's new shards, into tonight's partition."""
     shards: ShardSet = discover(cfg.input.paths, cfg.judging_format(), cfg.input)
     if not cfg.incremental.enabled:
         return _run(cfg, shards, engine_factory)
     state = load_state(cfg.incremental.state)
+    unfinished = unfinished_night(state, shards)
+    if unfinished is not None:
+        result = _run_night(cfg, unfinished, state, engine_factory, resuming=True)
+        tonight = night_date(cfg.incremental)
+        if not result.succeeded:
+            log.warning("incremental: night %s is still unfinished (%s); no new night starts until it succeeds",
+                        unfinished.run_date, result.report["status"])
+        if not result.succeeded or unfinished.run_date == tonight:
+            return result
     plan = plan_night(shards, cfg.incremental, state)
-    night = cfg.model_copy(deep=True)
-    night.output.path = partition(cfg.output.path, plan.run_date)
     if not plan.shards.paths:
         log.info("incremental: no new or changed shards among %d; nothing to do", len(plan.unchanged))
-        return RunResult(output=night.output.path, report={"status": "nothing_new", "unchanged_shards": len(plan.unchanged)})
-    log.info("incremental: %d new or changed shards, %d unchanged -> %s",
-             len(plan.shards.paths), len(plan.unchanged), night.output.path)
-    result = _run(night, plan.shards, engine_factory)
+        return RunResult(output=partition(cfg.output.path, plan.run_date),
+                         report={"status": "nothing_new", "unchanged_shards": len(plan.unchanged)})
+    log.info("incremental: %d new or changed shards, %d unchanged", len(plan.shards.paths), len(plan.unchanged))
+    return _run_night(cfg, plan, state, engine_factory, resuming=False)
+
+
+def _run_night(
+    cfg: RunConfig, plan: NightPlan, state: dict[str, Any], engine_factory: Callable[[], Engine] | None, resuming: bool
+) -> RunResult:
+    """One night into its partition: named as running in the state first, recorded once finished."""
+    night = cfg.model_copy(deep=True)
+    night.output.path = partition(cfg.output.path, plan.run_date)
+    if resuming and is_finished(night.output.path):  # killed after _SUCCESS, before the state was saved
+        log.info("incremental: night %s had finished; recording it", plan.run_date)
+        record_night(cfg.incremental.state, state, plan, night.output.path)
+        return RunResult(output=night.output.path, report={"status": "succeeded", "recorded_night": str(plan.run_date)})
+    if resuming:
+        log.info("incremental: finishing night %s first (%d shards) -> %s", plan.run_date, len(plan.shards.paths),
+                 night.output.path)
+    else:
+        begin_night(cfg.incremental.state, state, plan, night.output.path)
+    try:
+        result = _run(night, plan.shards, engine_factory)
+    except OutputExists as exc:
+        if not resuming:
+            raise
+        raise OutputExists(
+            f"night {plan.run_date} is unfinished and was started with another config, so it cannot be finished "
+            f"with this one: rerun with the config it started with (in {night.output.path}/{RUN_IDENTITY}), or "
+            f"remove that partition and the '{RUNNING}' entry of {cfg.incremental.state} to give its rows up"
+        ) from exc
     if result.succeeded:
         record_night(cfg.incremental.state, state, plan, night.output.path)
     return result

@@ -46,11 +46,24 @@ class RunDirectory:
 
 
 def run_identity(cfg: RunConfig, shard_paths: list[str]) -> dict[str, Any]:
-    """What must match for two attempts to be the same run."""
+    """What must match for two attempts to be the same run: what decides each row's outcome.
+
+    Left out: how the attempt was asked for (overwrite, skip_bad_shards), how shards were selected
+    (the incremental section; the shards themselves are in) and the error budget, which only judges
+    the finished whole: a run that failed its budget can be finished with a higher one.
+    """
     config = cfg.model_dump(mode="json")
     config["output"].pop("overwrite", None)
     config["input"].pop("skip_bad_shards", None)
+    config.pop("incremental", None)
+    config.pop("max_error_fraction", None)
     return {"config": config, "shards": sorted(shard_paths)}
+
+
+def is_finished(uri: str) -> bool:
+    """Whether the run directory at `uri` holds a finished run (`_SUCCESS`)."""
+    filesystem, root = filesystem_for(uri)
+    return _exists(filesystem, f"{root.rstrip('/')}/{SUCCESS_MARKER}")
 
 
 def _exists(filesystem: pafs.FileSystem, path: str) -> bool:

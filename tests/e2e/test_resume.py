@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.demo import DEMO_CONFIG, write_demo_shards
-from tests.processes import kill_tree
+from tests.processes import kill_after_commits, manifest_count
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,18 +40,7 @@ def run_to_end(inputs: Path, output: Path) -> None:
 
 def kill_when(inputs: Path, output: Path, committed_batches: int, latest: float = 120.0) -> int:
     """Start the job, SIGKILL it (and every process it started) once enough batches are committed."""
-    job = subprocess.Popen(command(inputs, output), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    deadline = time.monotonic() + latest
-    manifests = output / "_manifests"
-    while time.monotonic() < deadline and job.poll() is None:
-        if committed_batches == 0 or (manifests.is_dir() and len(list(manifests.glob("*.json"))) >= committed_batches):
-            break
-        time.sleep(0.05)
-    assert job.poll() is None, "the job finished before it could be killed"
-    kill_tree(job.pid)
-    job.wait()
-    return len(list(manifests.glob("*.json"))) if manifests.is_dir() else 0
+    return kill_after_commits(command(inputs, output), manifest_count(output), committed_batches, ROOT, latest)
 
 
 def snapshot(output: Path) -> dict:
