@@ -7,6 +7,7 @@ Each batch's time and row counts go to the run's metrics actor (metrics.py), whi
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
-from pipelines.quarantine import ReplicaCrash, SharedExclusiveLock
+from pipelines.quarantine import ReplicaCrash, SharedExclusiveLock, beat
 from stages.base import Settlement, Stage
 from stages.rows import ERROR_STAGE
 
@@ -41,9 +42,15 @@ class _ActorStage:
         self.metrics = metrics
         self.ledger = ledger if stage.quarantine_after else None
         self.lock = SharedExclusiveLock()
-        self.actor = ray.get_runtime_context().get_actor_id()
-        if self.ledger is not None and ray.get_runtime_context().was_current_actor_reconstructed:
-            ray.get(self.ledger.restarted.remote(self.actor))
+        context = ray.get_runtime_context()
+        self.actor = context.get_actor_id()
+        self.stopped = threading.Event()
+        if self.ledger is not None:
+            if context.was_current_actor_reconstructed:
+                ray.get(self.ledger.restarted.remote(self.actor))
+            ray.get(self.ledger.register.remote(self.actor, context.current_actor))
+            threading.Thread(target=beat, args=(self.ledger, self.actor, context.get_node_id(), self.stopped),
+                             name="heartbeat", daemon=True).start()
         stage.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -80,6 +87,7 @@ class _ActorStage:
         return settlement.apply(row)
 
     def __del__(self) -> None:
+        self.stopped.set()
         self.stage.close()
 
 

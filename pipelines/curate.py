@@ -20,6 +20,7 @@ import ray
 from pipelines.adapter import apply_stage, read_rows
 from pipelines.config import RunConfig
 from pipelines.duplicates import settle_duplicates
+from pipelines.errors import RunInterrupted, first_line
 from pipelines.incremental import (
     RUNNING,
     NightPlan,
@@ -32,10 +33,10 @@ from pipelines.incremental import (
     unfinished_night,
 )
 from pipelines.metrics import start_metrics
+from pipelines.pool_watch import PoolWatch
 from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
 from pipelines.report import build_report, merge_batch_stats, write_report
-from pipelines.errors import RunInterrupted, first_line
 from pipelines.run_dir import RUN_IDENTITY, OutputExists, RunDirectory, is_finished, open_run_directory
 from pipelines.shard_ids import plan_resume, read_shard_ids
 from pipelines.shards import ShardSet, discover
@@ -187,10 +188,12 @@ def _stream(
             for stage in stages:
                 dataset = apply_stage(dataset, stage, metrics, ledger)
             progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics)
-            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-                # The write stage commits as it goes; the report reads its tallies back from the manifests.
-                progress.batch_written(batch.column("stats").to_pylist())
+            with PoolWatch(ledger, cfg.judge.replica_down_timeout_s).watching():
+                for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                    # The write stage commits as it goes; the report reads its tallies back from the manifests.
+                    progress.batch_written(batch.column("stats").to_pylist())
         stage_metrics = ray.get(metrics.snapshot.remote())
+        pool = ray.get(ledger.counts.remote())
     finally:
         ray.kill(metrics)
         ray.kill(ledger)
@@ -206,6 +209,7 @@ def _stream(
         started=started,
         finished=time.time(),
     )
+    report["judge"].update(pool)
     report["resumed"] = {"committed_batches": run_dir.resumed_batches, "committed_rows": len(run_dir.committed_ids)}
     report["duplicate_ids"] = duplicates
     write_report(run_dir.filesystem, f"{run_dir.root}/report.json", report)

@@ -7,6 +7,8 @@ from typing import Any
 
 import ray
 
+from pipelines.quarantine import on_this_node
+
 
 @ray.remote(num_cpus=0)
 class StageMetrics:
@@ -27,4 +29,4 @@ class StageMetrics:
 
 
 def start_metrics() -> Any:
-    return StageMetrics.remote()
+    return StageMetrics.options(scheduling_strategy=on_this_node()).remote()

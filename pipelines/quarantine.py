@@ -1,24 +1,35 @@
-"""Keep a row that kills its actor (an engine crash, an out-of-memory kill) from looping forever.
+"""The judge pool's ledger: keep a row that kills its actor from looping forever, count restarts,
+and notice a replica that is gone for good.
 
 Ray Data restarts a dead pool actor and retries its batches, so no row is lost when a replica
 dies. But a row that itself kills the replica would kill it again on every retry. The ledger
 remembers which rows were in flight on each actor; when an actor comes back from a restart, its
 in-flight rows become suspects. A suspect is then processed alone, with the actor's other
 batches held back, so a second crash names the culprit exactly: at `max_crashes` it is routed to
-errors/ (`[replica_crash]`) instead of being processed again.
+errors/ (`[replica_crash]`) instead of being processed again. When the actor died because its
+node did (a spot node taken back), its rows are not suspects: nothing says they caused it.
+
+Each replica also beats a heartbeat. A replica that went silent with rows in flight is waiting to
+be restarted; if no node can take it (its node is gone and none comes back), Ray would wait forever:
+`down_replicas` names it once it has been silent too long, and `give_up` ends it for good, which
+fails the run instead (pipelines/pool_watch.py).
+The ledger is pinned to the driver's node, so it lives exactly as long as the run.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from stages.rows import RowError
 
 CRASH_REASON = "replica_crash"
+HEARTBEAT_S = 2.0
 
 
 class ReplicaCrash(RowError):
@@ -32,11 +43,28 @@ class ReplicaCrash(RowError):
         )
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+@ray.remote(num_cpus=0)
 class CrashLedger:
     def __init__(self) -> None:
         self.in_flight: dict[str, Counter[str]] = defaultdict(Counter)
         self.crashes: Counter[str] = Counter()
+        self.last_seen: dict[str, float] = {}
+        self.node_of: dict[str, str] = {}
+        self.restarts = 0
+        self.node_losses = 0
+        self.handles: dict[str, Any] = {}
+
+    def register(self, actor: str, handle: Any) -> None:
+        """An actor of the pool, with its handle: the one way to give it up (`give_up`)."""
+        self.handles[actor] = handle
+
+    def heartbeat(self, actor: str, node: str) -> None:
+        self.last_seen[actor], self.node_of[actor] = time.monotonic(), node
+
+    def give_up(self, actor: str) -> None:
+        """Stop waiting for a replica that cannot come back: kill it for good, so the tasks Ray keeps
+        retrying on it fail and the run ends instead of waiting forever."""
+        ray.kill(self.handles[actor], no_restart=True)
 
     def begin(self, actor: str, ids: list[str]) -> None:
         self.in_flight[actor].update(ids)
@@ -46,11 +74,34 @@ class CrashLedger:
         self.in_flight[actor] = +self.in_flight[actor]
 
     def restarted(self, actor: str) -> None:
-        """The actor died and came back: what it had in flight is suspect."""
-        self.crashes.update(self.in_flight.pop(actor, Counter()).keys())
+        """The actor died and came back: what it had in flight is suspect, unless its node died."""
+        self.restarts += 1
+        lost = self.in_flight.pop(actor, Counter())
+        if self._node_dead(self.node_of.get(actor)):
+            self.node_losses += 1
+            return
+        self.crashes.update(lost.keys())
+
+    @staticmethod
+    def _node_dead(node: str | None) -> bool:
+        if node is None:
+            return False
+        return not any(entry["NodeID"] == node and entry["Alive"] for entry in ray.nodes())
 
     def crash_counts(self, ids: list[str]) -> dict[str, int]:
         return {i: self.crashes[i] for i in ids if self.crashes[i]}
+
+    def down_replicas(self, silent_for_s: float) -> dict[str, float]:
+        """Replicas silent for more than `silent_for_s` seconds with rows still in flight: actor -> seconds."""
+        now = time.monotonic()
+        return {
+            actor: now - seen
+            for actor, seen in self.last_seen.items()
+            if now - seen > silent_for_s and self.in_flight.get(actor)
+        }
+
+    def counts(self) -> dict[str, int]:
+        return {"replica_restarts": self.restarts, "node_losses": self.node_losses}
 
 
 class SharedExclusiveLock:
@@ -87,5 +138,17 @@ class SharedExclusiveLock:
                 self._condition.notify_all()
 
 
+def on_this_node() -> NodeAffinitySchedulingStrategy:
+    """Keep an actor on the driver's node: it must not die with a worker node."""
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+
 def start_ledger() -> Any:
-    return CrashLedger.remote()
+    return CrashLedger.options(scheduling_strategy=on_this_node()).remote()
+
+
+def beat(ledger: Any, actor: str, node: str, stop: threading.Event) -> None:
+    """A replica's heartbeat loop (a daemon thread), from before its engine starts until it dies."""
+    while not stop.is_set():
+        ledger.heartbeat.remote(actor, node)
+        stop.wait(HEARTBEAT_S)

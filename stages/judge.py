@@ -63,6 +63,13 @@ class JudgeConfig(ConfigSection):
         description="A row in flight during this many replica deaths (the last time alone) goes to errors/ "
         "as replica_crash instead of being retried forever.",
     )
+    replica_down_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A replica down this long with rows in flight (its node lost, and no node to restart it on) "
+        "stops the run (exit 3; the same command resumes it). Ray restarts replicas on any node that can host "
+        "them: leave time for an autoscaler to bring a replacement GPU node up.",
+    )
     structured_output: bool | None = Field(
         default=None, description="Constrain text to the verdict regex; None: on for the CPU engine only."
     )

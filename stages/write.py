@@ -7,8 +7,8 @@ is written (stages/storage/commit.py).
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -69,7 +69,10 @@ class WriteStage(Stage):
         errors, drops = column_or_nulls(table, ERROR_STAGE), column_or_nulls(table, DROP_REASON)
         outcome = [outcome_of(e, d) for e, d in zip(errors, drops)]
         visible = [c for c in table.column_names if not c.startswith("_") and c != JUDGMENTS]
-        batch = uuid.uuid4().hex
+        ids = table.column("id").to_pylist()
+        # Named by its rows: a batch Ray writes again (a task re-executed after its node was lost)
+        # replaces its own files and manifest instead of committing its rows a second time.
+        batch = hashlib.sha256("\x1f".join(ids).encode("utf-8", "surrogatepass")).hexdigest()[:32]
         parts: dict[str, pa.Table] = {}
         for name in OUTCOMES:
             indices = [i for i, o in enumerate(outcome) if o == name]
@@ -86,7 +89,7 @@ class WriteStage(Stage):
                 files.append(f"{name}/part-{batch}.parquet")
                 write_atomically(self._fs, f"{self._root}/{files[-1]}", part)
         stats = batch_stats(table, outcome, self.fmt.histograms)
-        commit_batch(self._fs, self._root, batch, files, table.column("id").to_pylist(), stats)
+        commit_batch(self._fs, self._root, batch, files, ids, stats)
         return pa.table({"stats": [json.dumps(stats)]})
 
 

@@ -76,6 +76,7 @@ def test_dead_replica_is_restarted_and_its_rows_retried(tmp_path, ray_session, m
     where = landed(tmp_path / "out")
     assert sorted(where) == [f"r{i}" for i in range(8)]
     assert "errors" not in where.values()
+    assert result.report["judge"]["replica_restarts"] >= 1 and result.report["judge"]["node_losses"] == 0
 
 
 def test_row_that_kills_the_replica_every_time_is_quarantined(tmp_path, ray_session):
