@@ -1,4 +1,4 @@
-"""The `flexcurate` command (also `python -m jobs`): run, demo, config, submit.
+"""The `flexcurate` command (also `python -m jobs`): run, demo, config, submit, evaluate, relabel.
 
 Exit codes (jobs/runtime.py): 0 the run succeeded; 1 the run finished but failed a check (error
 budget, accounting); 2 the config, the inputs or the output directory were rejected before
@@ -14,6 +14,8 @@ from typing import Sequence
 
 import yaml
 
+from jobs.evaluate import add_evaluate_parser, run_evaluate
+from jobs.relabel import add_relabel_parser, run_relabel
 from jobs.runtime import REJECTIONS, ExitCode, add_run_options, config_from_args, exit_code, run_job
 from jobs.submit import add_submit_parser, run_submit
 from pipelines.config import ConfigError, RunConfig, load_config
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--schema", action="store_true", help="print the JSON schema with field descriptions")
     add_submit_parser(commands)
+    add_evaluate_parser(commands)
+    add_relabel_parser(commands)
     return parser
 
 
@@ -69,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ExitCode.OK
         if args.command == "submit":
             return run_submit(args)
+        if args.command == "evaluate":
+            return run_evaluate(args)
+        if args.command == "relabel":
+            return run_relabel(args)
         if args.command == "demo":
             from jobs.demo import run_demo
 

@@ -61,6 +61,7 @@ def demo_rows(count: int) -> list[dict[str, Any]]:
             "audio": None,
             "video": None,
             "kind": kind,
+            "label": "a" if first_good else "b",  # the human preference `flexcurate evaluate` scores against
             **_media_for(kind, index),
         }
         rows.append(row)
@@ -68,14 +69,14 @@ def demo_rows(count: int) -> list[dict[str, Any]]:
         row = rows[(offset * 5 + 1) % len(rows)]
         row.update({k: ({"bytes": v, "path": None} if k in ("image", "audio") else v) for k, v in change.items()})
         if name == "identical-answers":
-            row["response_b"] = row["response_a"]
+            row["response_b"], row["label"] = row["response_a"], "tie"
         row["kind"] = name
     return rows
 
 
 SCHEMA = pa.schema(
     [("id", pa.string()), ("question", pa.string()), ("response_a", pa.string()), ("response_b", pa.string()),
-     ("image", MEDIA_TYPE), ("audio", MEDIA_TYPE), ("video", MEDIA_TYPE), ("kind", pa.string())]
+     ("image", MEDIA_TYPE), ("audio", MEDIA_TYPE), ("video", MEDIA_TYPE), ("kind", pa.string()), ("label", pa.string())]
 )
 
 
@@ -121,6 +122,10 @@ def run_demo(args: argparse.Namespace) -> int:
     print(summary_table(result.report))
     print()
     print(f"outputs in {output}/: kept/ preferences/ dropped/ errors/ judgments/ report.json _SUCCESS")
+    print(f"score the judge against the rows' `label` column, per kind of row:  flexcurate evaluate --from {output} "
+          f"--output {output}-eval --set labels.group_column=kind")
+    print(f"new thresholds without the engine:  flexcurate relabel --from {output} --output {output}-relabel "
+          "--set filter.min_margin=3")
     print(
         "NOTE: the demo judge is a tiny model with RANDOM weights, so its verdicts are noise; only the\n"
         "pipeline around it is real. On GPUs, judge with the real model:\n"

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, RunConfig, load_config
+from pipelines.evaluate import LabelError
+from pipelines.finished_run import NotAFinishedRun
 from pipelines.run_dir import OutputExists
 from pipelines.shards import ShardError
 
 if TYPE_CHECKING:  # pipelines.curate imports Ray: only the commands that run pay for it
-    from pipelines.curate import RunResult
+    from pipelines.report import RunResult
 
 TINY_MODEL = "flexcurate/tiny-omni"  # resolved to the locally built random-weight model
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -33,7 +35,7 @@ class ExitCode(IntEnum):
 
 
 # Errors that mean "rejected before anything started": a one-line message and exit code 2.
-REJECTIONS: tuple[type[Exception], ...] = (ConfigError, ShardError, OutputExists)
+REJECTIONS: tuple[type[Exception], ...] = (ConfigError, ShardError, OutputExists, NotAFinishedRun, LabelError)
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -59,13 +61,14 @@ def config_from_args(args: argparse.Namespace, config_path: str | Path, **values
     )
 
 
-def resolve_model(cfg: RunConfig) -> None:
-    """Replace the tiny-model alias by its local path, building it once if needed."""
+def resolve_model(cfg: RunConfig, *, build: bool = True) -> None:
+    """Replace the tiny-model alias by its local path, building it once if needed (`build`: a command
+    that runs no engine only names it, as a finished run's config does)."""
     if cfg.judge.engine.model != TINY_MODEL:
         return
-    from jobs.tiny_model import build_tiny_omni
+    from jobs.tiny_model import build_tiny_omni, default_tiny_model_dir
 
-    cfg.judge.engine.model = str(build_tiny_omni())
+    cfg.judge.engine.model = str(build_tiny_omni() if build else default_tiny_model_dir())
 
 
 def embedded_ray_cpus() -> int:

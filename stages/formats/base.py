@@ -3,20 +3,22 @@
 A judging format is everything about one way of asking the judge: the columns a row needs, the
 requests it makes (answer orders x samples), the prompt per model family, the verdict regex for
 structured output, the parser, how a swapped order maps back, how a row's verdicts aggregate, the
-label rules it offers and, where it has them, its preference rows. The normalize, judge, label
-and write stages, the simulated engine and the run config ask the format; nothing else branches
-on the mode. Adding a format is adding one module beside this one (and to `registry.FORMATS`).
+label rules it offers, where it has them its preference rows, and how its verdicts are scored
+against human labels (evaluation.py). The normalize, judge, label and write stages, the simulated
+engine, the run report, evaluation and the run config ask the format; nothing else branches on
+the mode. Adding a format is adding one module beside this one (and to `registry.FORMATS`).
 """
 from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Protocol, Sequence
 
 import pyarrow as pa
 
 from stages.config import ConfigSection
 from stages.engines.api import JudgeRequest
+from stages.formats.evaluation import LabelledRow
 from stages.formats.prompts import chat_prompt, score_verdict_regex, system_prompt_text
 from stages.formats.verdicts import ORDERS, Verdict, parse_scores, verdict_text
 from stages.rows import RowError
@@ -157,6 +159,24 @@ class JudgingFormat(ABC):
     def labels(self, row: Mapping[str, Any], result: Any) -> dict[str, Any]:
         """The `label_columns` of a kept row."""
         return {}
+
+    # -- what the run report and evaluation read -------------------------------------------------
+
+    def tally(self, verdicts: Sequence[Verdict]) -> dict[str, int]:
+        """Counts over one row's verdicts that the run report sums (e.g. position-bias evidence)."""
+        return {}
+
+    def rates(self, tallies: Mapping[str, int]) -> dict[str, Optional[float]]:
+        """The report's rates from the summed `tally` counts."""
+        return {}
+
+    @abstractmethod
+    def canonical_label(self, raw: Any) -> Any:
+        """A human label in this format's terms; ValueError when `raw` is not one."""
+
+    @abstractmethod
+    def evaluate(self, rows: Sequence[LabelledRow], rules: Any) -> dict[str, Any]:
+        """eval.json's metrics for labelled rows; `rules` are the run's (thresholds vary from them)."""
 
     # -- dry runs and outputs --------------------------------------------------------------------
 

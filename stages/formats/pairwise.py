@@ -18,9 +18,19 @@ Decision rules, applied in this order; the first failure is the reason:
 Threshold comparisons allow a 1e-9 float tolerance (a margin of 0.9999999999 from averaging
 counts as 1.0); tie detection on means uses the same tolerance.
 Before judging, a pair whose two answers are the same text is dropped (`identical_responses`).
+
+Position bias, in every run's report and in evaluation: `order_agreement_rate`, over rows judged in
+both orders, the fraction whose two orders pick the same (non-tie) winner; `first_position_win_rate`,
+over every final verdict with a winner, the fraction won by the answer shown first (0.5: no bias).
+
+Evaluation against human preferences (`evaluate`): a row the human calls a tie is left out of both
+accuracies and counted in `human_ties`; of the rest (`n`), a judge tie, an unparsed verdict or a row
+without a verdict (another error, or dropped before judging) counts as wrong in `accuracy`, and is
+left out of `accuracy_excluding_ties`.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
@@ -29,6 +39,7 @@ from pydantic import Field
 
 from stages.config import ConfigSection
 from stages.formats.base import REASON_UNPARSED, JudgingFormat
+from stages.formats.evaluation import LabelledRow, bootstrap_ci, cohen_kappa, grid, ratio
 from stages.formats.preferences import preference_schema, preference_table
 from stages.formats.prompts import check_user_text, with_media
 from stages.formats.verdicts import EPS, ORDERS, Verdict, final_verdicts, mean
@@ -265,8 +276,107 @@ class PairwiseFormat(JudgingFormat):
             "score_rejected": result.rejected_score,
         }
 
+    # -- what the run report and evaluation read -------------------------------------------------
+
+    def tally(self, verdicts: Sequence[Verdict]) -> dict[str, int]:
+        result = self.aggregate(verdicts)
+        tallies: Counter[str] = Counter()
+        if result.winner_ab is not None and result.winner_ba is not None:
+            tallies["rows_judged_both_orders"] += 1
+            tallies["rows_orders_agree"] += result.winner_ab == result.winner_ba != "tie"
+        for verdict in final_verdicts(verdicts).values():
+            if verdict.scores is not None and verdict.scores[0] != verdict.scores[1]:
+                tallies["verdicts_with_winner"] += 1
+                tallies["first_position_wins"] += verdict.scores[0] > verdict.scores[1]  # as shown
+        return dict(tallies)
+
+    def rates(self, tallies: Mapping[str, int]) -> dict[str, Optional[float]]:
+        return {
+            "order_agreement_rate": ratio(tallies.get("rows_orders_agree", 0), tallies.get("rows_judged_both_orders", 0)),
+            "first_position_win_rate": ratio(tallies.get("first_position_wins", 0), tallies.get("verdicts_with_winner", 0)),
+        }
+
+    def canonical_label(self, raw: Any) -> Winner:
+        """'a', 'b' or 'tie' from `a` / `b` / `tie` (any case), MLLM-as-a-Judge's `A` / `B` / `C` (C: a tie),
+        or a ranking of the two answers, best first (VL-RewardBench's `[0, 1]`: the first is preferred)."""
+        if isinstance(raw, str):
+            winner = {"a": "a", "b": "b", "tie": "tie", "c": "tie"}.get(raw.strip().lower())
+            if winner is not None:
+                return winner  # type: ignore[return-value]
+        elif isinstance(raw, (list, tuple)) and len(raw) == 2 and all(isinstance(r, (int, float)) for r in raw):
+            first, second = raw
+            return "a" if first < second else "b" if second < first else "tie"
+        raise ValueError(f"not a pairwise preference: {raw!r} (expected a, b, tie; A, B, C; or a ranking of 2)")
+
+    def evaluate(self, rows: Sequence[LabelledRow], rules: PairwiseRules) -> dict[str, Any]:
+        preferred = [row for row in rows if row.label != "tie"]
+        results = [self.aggregate(row.verdicts) for row in preferred]
+        status = [_status(row, result) for row, result in zip(preferred, results)]
+        counts = Counter(status)
+        n = len(preferred)
+        decided = n - counts["judge_tie"] - counts["unparsed"] - counts["not_judged"]
+        groups = sorted({row.group for row in preferred if row.group is not None})
+        by_group = {
+            group: ratio(sum(s == "correct" for r, s in zip(preferred, status) if r.group == group),
+                         sum(r.group == group for r in preferred))
+            for group in groups
+        }
+        return {
+            "n": n,
+            "human_ties": len(rows) - n,
+            "judge_ties": counts["judge_tie"],
+            "unparsed": counts["unparsed"],
+            "not_judged": counts["not_judged"],
+            "accuracy": ratio(counts["correct"], n),
+            "accuracy_ci": bootstrap_ci(status, lambda sample: ratio(sample.count("correct"), len(sample))),
+            "accuracy_excluding_ties": ratio(counts["correct"], decided),
+            "cohen_kappa": cohen_kappa([(result.winner, row.label) for row, result, s in zip(preferred, results, status)
+                                        if s in ("correct", "wrong")]),
+            **self.rates(_summed(self.tally(row.verdicts) for row in rows if row.verdicts)),
+            "by_group": by_group,
+            "macro_accuracy": ratio(sum(v for v in by_group.values() if v is not None), len(by_group)) if groups else None,
+            "thresholds": self._thresholds(preferred, results, status, rules),
+        }
+
+    def _thresholds(
+        self, rows: Sequence[LabelledRow], results: Sequence[PairwiseResult], status: Sequence[str], rules: PairwiseRules
+    ) -> list[dict[str, Any]]:
+        """Keep rate and the kept rows' agreement with humans over a grid of margins, with and without
+        the order-agreement rule (the run's other rules as they are): the curve to pick settings from."""
+        table = []
+        for agreement in (False, True):
+            for margin in grid(0.0, self.scale[1] - self.scale[0], 0.5):
+                variant = rules.model_copy(update={"min_margin": margin, "require_order_agreement": agreement})
+                kept = [s for row, result, s in zip(rows, results, status)
+                        if row.outcome != ERRORS and result.n_parsed and self.decide(result, variant)[0] == KEPT]
+                table.append({
+                    "min_margin": margin,
+                    "require_order_agreement": agreement,
+                    "keep_rate": ratio(len(kept), len(rows)),
+                    "kept_accuracy": ratio(kept.count("correct"), len(kept)),
+                })
+        return table
+
     def preference_schema(self) -> pa.Schema:
         return preference_schema()
 
     def preference_rows(self, kept: pa.Table) -> pa.Table:
         return preference_table(kept)
+
+
+def _status(row: LabelledRow, result: PairwiseResult) -> str:
+    """A labelled row's verdict against its human winner: correct, wrong, judge_tie, unparsed or not_judged."""
+    if row.outcome == ERRORS:
+        return "unparsed" if row.error_reason == REASON_UNPARSED else "not_judged"
+    if not result.n_parsed or result.winner is None:
+        return "not_judged"  # dropped before judging (identical answers)
+    if result.winner == "tie":
+        return "judge_tie"
+    return "correct" if result.winner == row.label else "wrong"
+
+
+def _summed(tallies: Any) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for counts in tallies:
+        total.update(counts)
+    return total

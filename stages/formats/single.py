@@ -4,9 +4,15 @@ Decision rules, applied in this order; the first failure is the reason:
   1. errors  `unparsed_verdict`  any slot unparsed after retries, or no slot at all.
   2. dropped `score_below_min`   mean score < filter.min_score (1e-9 float tolerance).
   otherwise kept, reason None.
+
+Evaluation against a human score (a rating or MOS per row, `evaluate`): Pearson, Spearman, Kendall's
+tau and the mean squared error between the row's mean judge score and the label, over the rows with a
+score; rows in errors/ are counted (`unparsed`, `not_judged`) and left out of the correlations.
 """
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -15,6 +21,7 @@ from pydantic import Field
 
 from stages.config import ConfigSection
 from stages.formats.base import REASON_UNPARSED, JudgingFormat
+from stages.formats.evaluation import LabelledRow, bootstrap_ci, correlations, grid, ratio
 from stages.formats.prompts import check_user_text, with_media
 from stages.formats.verdicts import EPS, Verdict, final_verdicts, mean
 from stages.rows import DROPPED, ERRORS, KEPT
@@ -81,3 +88,41 @@ class SingleFormat(JudgingFormat):
         if result.mean_score + EPS < rules.min_score:
             return DROPPED, REASON_SCORE
         return KEPT, None
+
+    def canonical_label(self, raw: Any) -> float:
+        """A human score: a number, or a string holding one."""
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"not a numeric score: {raw!r}") from None
+        if math.isnan(value) or math.isinf(value):
+            raise ValueError(f"not a numeric score: {raw!r}")
+        return value
+
+    def evaluate(self, rows: Sequence[LabelledRow], rules: SingleRules) -> dict[str, Any]:
+        results = [self.aggregate(row.verdicts) for row in rows]
+        scored = [(result.mean_score, row.label) for row, result in zip(rows, results)
+                  if row.outcome != ERRORS and result.mean_score is not None]
+        errors = Counter(row.error_reason == REASON_UNPARSED for row in rows if row.outcome == ERRORS)
+        judge, human = [s for s, _ in scored], [h for _, h in scored]
+        return {
+            "n": len(rows),
+            "scored": len(scored),
+            "unparsed": errors[True],
+            "not_judged": errors[False] + sum(1 for row, result in zip(rows, results)
+                                              if row.outcome != ERRORS and result.mean_score is None),
+            **correlations(judge, human),
+            "spearman_ci": bootstrap_ci(scored, lambda sample: correlations([s for s, _ in sample],
+                                                                            [h for _, h in sample])["spearman"]),
+            "thresholds": [self._threshold(rows, results, rules, m) for m in grid(self.scale[0], self.scale[1], 0.5)],
+        }
+
+    def _threshold(
+        self, rows: Sequence[LabelledRow], results: Sequence[SingleResult], rules: SingleRules, min_score: float
+    ) -> dict[str, Any]:
+        """Keep rate and the kept rows' mean human label at one `filter.min_score`."""
+        variant = rules.model_copy(update={"min_score": min_score})
+        kept = [row.label for row, result in zip(rows, results)
+                if row.outcome != ERRORS and self.decide(result, variant)[0] == KEPT]
+        return {"min_score": min_score, "keep_rate": ratio(len(kept), len(rows)),
+                "kept_mean_label": ratio(sum(kept), len(kept))}
