@@ -37,12 +37,13 @@ def test_simulated_replica_speed_and_sizing_arithmetic():
 
 @pytest.mark.e2e
 def test_harness_without_the_real_engine(tmp_path):
-    results = run_bench(tmp_path, "--only", "decode,feeding,scale")
-    for key in ("engine_busy_fraction", "decode_ratio", "memory_growth"):
+    results = run_bench(tmp_path, "--only", "decode,feeding,scale,relabel")
+    for key in ("engine_busy_fraction", "decode_ratio", "memory_growth", "relabel_rows_per_s"):
         assert isinstance(results[key], float) and key in results["targets"]
     assert set(results["decode"]["stages"]) == {"image", "audio", "video"}
     assert [p["factor"] for p in results["scale"]["points"]] == [1, 10, 100]
     assert len(results["sizing"]["table"]) == len(MIXES)
+    assert results["relabel"]["counts_after"]["kept"] < results["relabel"]["counts_before"]["kept"]
     assert "engine_efficiency" not in results
 
 
