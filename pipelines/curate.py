@@ -104,7 +104,7 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
 
     metrics, ledger = start_metrics(), start_ledger()
     try:
-        dataset = read_rows(shards.paths, shards.filesystem, cfg.decode_batch_size)
+        dataset = read_rows(shards.paths, shards.filesystem, cfg.decode_batch_size, shards.schema)
         for stage in stages:
             dataset = apply_stage(dataset, stage, metrics, ledger)
         progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics)
