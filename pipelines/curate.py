@@ -7,6 +7,7 @@ the shards to the night's new ones. The caller owns `ray.init` (jobs/ entrypoint
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from stages.engines.api import Engine
 from stages.judge import JudgeStage
 from stages.label import LabelStage
 from stages.normalize import CANONICAL_TYPES, NormalizeStage
-from stages.write import WriteStage, complete_outputs
+from stages.media.fetch import load_media_bytes
+from stages.write import MediaReader, WriteStage, complete_outputs
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,21 @@ def build_stages(
         DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size),
         JudgeStage(fmt, cfg.judge, engine_factory=engine_factory),
         LabelStage(fmt, cfg.filter),
-        WriteStage(cfg.output.path, fmt, batch_size=cfg.output.rows_per_file),
+        WriteStage(cfg.output.path, fmt, batch_size=cfg.output.rows_per_file, embed_media=media_reader(cfg)),
     ]
+
+
+def media_reader(cfg: RunConfig) -> MediaReader | None:
+    """What the write stage embeds preference media with (`output.embed_media`): the decode
+    stage's own reader, under the same media roots, schemes and size bound."""
+    if not cfg.output.embed_media:
+        return None
+    return functools.partial(
+        load_media_bytes,
+        media_roots=cfg.input.media_roots,
+        allowed_schemes=cfg.input.allowed_schemes,
+        max_bytes=cfg.media.max_media_bytes,
+    )
 
 
 def check_stage_chain(stages: list[Stage], initial: set[str]) -> None:
