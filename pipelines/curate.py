@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import ray
 
@@ -85,11 +85,16 @@ def check_stage_chain(stages: list[Stage], initial: set[str]) -> None:
         available |= set(stage.adds)
 
 
-def run_curation(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = None) -> RunResult:
-    """Run the job; with `incremental.enabled`, only the night's new shards, into their partition."""
+def run_curation(
+    cfg: RunConfig, engine_factory: Callable[[], Engine] | None = None, progress_bar: TextIO | None = None
+) -> RunResult:
+    """Run the job; with `incremental.enabled`, only the night's new shards, into their partition.
+
+    `progress_bar`: a terminal to draw one progress bar on; None logs a progress line every 30 s.
+    """
     shards: ShardSet = discover(cfg.input.paths, cfg.judging_format(), cfg.input)
     if not cfg.incremental.enabled:
-        return _run(cfg, shards, engine_factory)
+        return _run(cfg, shards, engine_factory, progress_bar)
     state = load_state(cfg.incremental.state)
     plan = plan_night(shards, cfg.incremental, state)
     night = cfg.model_copy(deep=True)
@@ -99,13 +104,15 @@ def run_curation(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = N
         return RunResult(output=night.output.path, report={"status": "nothing_new", "unchanged_shards": len(plan.unchanged)})
     log.info("incremental: %d new or changed shards, %d unchanged -> %s",
              len(plan.shards.paths), len(plan.unchanged), night.output.path)
-    result = _run(night, plan.shards, engine_factory)
+    result = _run(night, plan.shards, engine_factory, progress_bar)
     if result.succeeded:
         record_night(cfg.incremental.state, state, plan, night.output.path)
     return result
 
 
-def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] | None) -> RunResult:
+def _run(
+    cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] | None, progress_bar: TextIO | None
+) -> RunResult:
     started = time.time()
     check_stage_chain(build_stages(cfg, engine_factory)[1:], set(CANONICAL_TYPES))
     run_dir = open_run_directory(cfg, shards.paths)
@@ -122,7 +129,7 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
         dataset = read_rows(shards.paths, shards.filesystem, cfg.decode_batch_size, shards.schema)
         for stage in stages:
             dataset = apply_stage(dataset, stage, metrics, ledger)
-        progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics)
+        progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics, bar=progress_bar)
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             # The write stage commits as it goes; the report reads its tallies back from the manifests.
             progress.batch_written(batch.column("stats").to_pylist())
