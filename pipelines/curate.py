@@ -23,6 +23,7 @@ from pipelines.metrics import start_metrics
 from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
 from pipelines.report import build_report, merge_batch_stats, write_report
+from pipelines.report_html import write_report_html
 from pipelines.run_dir import OutputExists, open_run_directory
 from pipelines.shards import ShardSet, discover
 from stages.base import Stage
@@ -58,15 +59,14 @@ def build_stages(
         DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size),
         JudgeStage(fmt, cfg.judge, engine_factory=engine_factory),
         LabelStage(fmt, cfg.filter),
-        WriteStage(cfg.output.path, fmt, batch_size=cfg.output.rows_per_file, embed_media=media_reader(cfg)),
+        WriteStage(cfg.output.path, fmt, batch_size=cfg.output.rows_per_file,
+                   embed_media=media_reader(cfg) if cfg.output.embed_media else None),
     ]
 
 
-def media_reader(cfg: RunConfig) -> MediaReader | None:
-    """What the write stage embeds preference media with (`output.embed_media`): the decode
-    stage's own reader, under the same media roots, schemes and size bound."""
-    if not cfg.output.embed_media:
-        return None
+def media_reader(cfg: RunConfig) -> MediaReader:
+    """Media bytes as the decode stage reads them, under the same media roots, schemes and size
+    bound: what preferences/ embeds (`output.embed_media`) and report.html shows."""
     return functools.partial(
         load_media_bytes,
         media_roots=cfg.input.media_roots,
@@ -133,7 +133,7 @@ def _run(
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             # The write stage commits as it goes; the report reads its tallies back from the manifests.
             progress.batch_written(batch.column("stats").to_pylist())
-        stage_metrics = ray.get(metrics.snapshot.remote())
+        stage_metrics, timeline = ray.get([metrics.snapshot.remote(), metrics.timeline.remote()])
     finally:
         ray.kill(metrics)
         ray.kill(ledger)
@@ -148,10 +148,15 @@ def _run(
         stage_metrics=stage_metrics,
         started=started,
         finished=time.time(),
+        timeline=timeline,
     )
     report["resumed"] = {"committed_batches": run_dir.resumed_batches, "committed_rows": len(run_dir.committed_ids)}
     report["duplicate_ids"] = len(duplicates)
     write_report(run_dir.filesystem, f"{run_dir.root}/report.json", report)
+    try:
+        write_report_html(run_dir.filesystem, run_dir.root, report, cfg, media_reader(cfg))
+    except Exception:  # report.json is the record; its page must not fail a finished run
+        log.exception("report.html could not be written; report.json is complete")
     if report["status"] == "succeeded":
         run_dir.mark_success()
     return RunResult(output=cfg.output.path, report=report)

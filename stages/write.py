@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 JUDGMENTS = "judgments"
 PREFERENCES = "preferences"
 STATS_TYPE = pa.string()
+THRESHOLD_VALUES = "threshold_values"  # batch stats: value of the format's threshold column -> rows
 # The pipeline's own columns, never written as row columns: raw verdicts (judgments/ has them) and
 # decoded media (the judge drops them; a row settled before it may still carry them).
 INTERNAL_COLUMNS = frozenset({JUDGMENTS, *DecodeStage.adds})
@@ -104,7 +105,7 @@ class WriteStage(Stage):
             if part.num_rows:
                 files.append(f"{name}/part-{batch}.parquet")
                 write_atomically(self._fs, f"{self._root}/{files[-1]}", part)
-        stats = batch_stats(table, outcome, self.fmt.histograms)
+        stats = batch_stats(table, outcome, self.fmt)
         commit_batch(self._fs, self._root, batch, files, table.column("id").to_pylist(), stats)
         return pa.table({"stats": [json.dumps(stats)]})
 
@@ -161,9 +162,10 @@ def _histogram(values: list[float | None], width: float) -> dict[str, int]:
     return dict(counts)
 
 
-def batch_stats(table: pa.Table, outcome: list[str], histograms: dict[str, float]) -> dict[str, Any]:
+def batch_stats(table: pa.Table, outcome: list[str], fmt: JudgingFormat) -> dict[str, Any]:
     """The batch's tallies (summed into report.json): outcomes, reasons, kept rows' score histograms
-    (`histograms`: column -> bin width), judge requests and tokens."""
+    (the format's `histograms`: column -> bin width), the values its threshold rule saw (kept rows
+    and rows that rule dropped, for the report's keep-rate curve), judge requests and tokens."""
     errors = column_or_nulls(table, ERROR_STAGE)
     reasons = column_or_nulls(table, ERROR_REASON)
     drops = column_or_nulls(table, DROP_REASON)
@@ -175,9 +177,14 @@ def batch_stats(table: pa.Table, outcome: list[str], histograms: dict[str, float
         "error_stages": dict(Counter(e for e in errors if e is not None)),
         "error_reasons": dict(Counter(r for e, r in zip(errors, reasons) if e is not None)),
     }
-    for column, width in histograms.items():
+    for column, width in fmt.histograms.items():
         values = column_or_nulls(table, column)
         stats[f"hist_{column}"] = _histogram([v for v, k in zip(values, kept) if k], width)
+    rule = fmt.threshold_rule
+    if rule is not None:
+        values = column_or_nulls(table, rule.column)
+        swept = [v for v, k, d in zip(values, kept, drops) if v is not None and (k or d == rule.reason)]
+        stats[THRESHOLD_VALUES] = dict(Counter(f"{v:.6g}" for v in swept))
     if JUDGMENTS in table.column_names:
         flat = table.column(JUDGMENTS).combine_chunks().flatten()
         names = flat.type.names if hasattr(flat.type, "names") else [f.name for f in flat.type]
