@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(cfg: RunConfig, args: argparse.Namespace) -> int:
-    result = run_job(cfg, args.address, args.num_cpus)
+    result = run_job(cfg, args.address, args.num_cpus, args.verbose)
     report = result.report
     print(json.dumps({k: report[k] for k in ("status", "input_rows", "counts", "error_fraction") if k in report}))
     print(f"outputs: {result.output}")

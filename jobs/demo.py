@@ -117,7 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.overwrite is None:
         cfg.output.overwrite = True  # the demo's own directory: re-running it replaces it
     print("building (or reusing) the tiny random-weight Flex-Omni-architecture model ...", flush=True)
-    result = run_job(cfg, args.address, args.num_cpus)
+    result = run_job(cfg, args.address, args.num_cpus, args.verbose)
     print()
     print(summary_table(result.report))
     print()

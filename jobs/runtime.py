@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="logical CPUs for an embedded local Ray (default: max(4, cores))")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray Data's per-operator progress and the Ray workers' logs (judge "
+                        "engine included); by default only flexcurate's own progress is shown")
 
 
 def config_from_args(args: argparse.Namespace, config_path: str | Path, **values: Any) -> RunConfig:
@@ -78,29 +82,52 @@ def embedded_ray_cpus() -> int:
     return max(4, os.cpu_count() or 1)
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
+def quiet_ray_data(verbose: bool) -> None:
+    """Ray Data's per-operator progress (a multi-line dump every few seconds on a non-interactive
+    stdout, bars on a terminal) and its INFO lines off, unless `verbose`; its log file
+    (ray-data.log in the session's logs) still gets everything."""
+    import ray.data  # configures its loggers on import
+
+    if verbose:
+        return
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ == "PlainRayHandler":  # its console handler, not its file handlers
+            handler.setLevel(logging.WARNING)
+
+
+def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start an embedded local Ray. The
+    workers' output (engine start-up logs, library warnings) reaches this process only with
+    `verbose`; it is always in Ray's log files (the dashboard's logs on a cluster)."""
     import ray
 
+    quiet_ray_data(verbose)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {} if verbose else {"logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=verbose, **quiet)
         return
     logical = num_cpus or embedded_ray_cpus()
-    ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=verbose, **quiet)
     log.info("started an embedded local Ray with %d logical CPUs", logical)
 
 
-def run_job(cfg: RunConfig, address: str | None, num_cpus: int | None) -> "RunResult":
-    """The run sequence every entrypoint uses; raises one of REJECTIONS before anything starts."""
+def run_job(cfg: RunConfig, address: str | None, num_cpus: int | None, verbose: bool = False) -> "RunResult":
+    """The run sequence every entrypoint uses; raises one of REJECTIONS before anything starts.
+
+    On a terminal (and not `verbose`, where Ray Data draws its own bars) progress is one bar on
+    stdout; otherwise a log line every 30 s."""
     from jobs.placement import check_current_cluster
     from pipelines.curate import run_curation
 
     resolve_model(cfg)
-    init_ray(address, num_cpus)
+    init_ray(address, num_cpus, verbose)
     check_current_cluster(cfg)
-    return run_curation(cfg)
+    return run_curation(cfg, progress_bar=sys.stdout if sys.stdout.isatty() and not verbose else None)
 
 
 def exit_code(result: "RunResult") -> ExitCode:

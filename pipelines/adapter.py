@@ -83,8 +83,9 @@ class _ActorStage:
         self.stage.close()
 
 
-def read_rows(paths: list[str], filesystem: Any, rows_per_block: int) -> Dataset:
-    """The shards' rows as blocks of at most `rows_per_block` rows.
+def read_rows(paths: list[str], filesystem: Any, rows_per_block: int, schema: pa.Schema | None = None) -> Dataset:
+    """The shards' rows as blocks of at most `rows_per_block` rows, every shard cast to `schema`
+    (pipelines/shards.py `read_schema`: one schema for shards from different writers).
 
     Ray Data packs row groups into read tasks of up to 128 MiB with one output block each; with
     media columns that is hundreds of rows, and a map stage runs one task per block, so a shard's
@@ -92,7 +93,7 @@ def read_rows(paths: list[str], filesystem: Any, rows_per_block: int) -> Dataset
     slicing, no shuffle) cuts the blocks to the first stages' batch size: CPU stages run one task per
     batch, in parallel, and the judge receives batch-sized bundles.
     """
-    dataset = ray.data.read_parquet(paths, filesystem=filesystem)
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem, schema=schema)
     return dataset.repartition(target_num_rows_per_block=rows_per_block)
 
 

@@ -4,7 +4,7 @@ Batch by batch (the source run's commits), the judged rows of kept/ and dropped/
 reached the label stage (their columns, their verdicts from judgments/, rows dropped before judging
 left as they were) and go through the pipeline's own label and write stages; errors/ rows and their
 verdicts are written again unchanged. The new directory is a run directory like any other (commits,
-resume, report.json with `relabeled_from`, _SUCCESS), equal to what a full run with the new settings
+resume, report.json with `relabeled_from`, report.html, _SUCCESS), equal to what a full run with the new settings
 would have written, and written at local-disk speed.
 """
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import ConfigError, RunConfig
+from pipelines.curate import media_reader
 from pipelines.finished_run import FinishedRun, judgments_by_id
 from pipelines.report import InputSummary, RunResult, build_report, merge_batch_stats, write_report
+from pipelines.report_html import write_report_html
 from pipelines.run_dir import open_run_directory
 from stages.formats.base import JUDGMENT_TYPE, JudgingFormat
 from stages.label import LabelStage
@@ -86,7 +88,7 @@ def relabel_run(source: FinishedRun, cfg: RunConfig) -> RunResult:
     fmt = cfg.judging_format()
     run_dir = open_run_directory(cfg, [source.uri])
     label = LabelStage(fmt, cfg.filter)
-    write = WriteStage(cfg.output.path, fmt)
+    write = WriteStage(cfg.output.path, fmt, embed_media=media_reader(cfg) if cfg.output.embed_media else None)
     timings: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     committed = run_dir.committed_ids  # by an interrupted attempt of this relabel: not written again
     for batch in source.batches():
@@ -110,6 +112,10 @@ def relabel_run(source: FinishedRun, cfg: RunConfig) -> RunResult:
     report["resumed"] = {"committed_batches": run_dir.resumed_batches, "committed_rows": len(run_dir.committed_ids)}
     report["duplicate_ids"] = source.report.get("duplicate_ids", 0)
     write_report(run_dir.filesystem, f"{run_dir.root}/report.json", report)
+    try:
+        write_report_html(run_dir.filesystem, run_dir.root, report, cfg, media_reader(cfg))
+    except Exception:  # report.json is the record; its page must not fail the relabel
+        log.exception("report.html could not be written; report.json is complete")
     if report["status"] == "succeeded":
         run_dir.mark_success()
     log.info("relabelled %s -> %s: %s", source.uri, cfg.output.path, json.dumps(report["counts"]))

@@ -3,6 +3,12 @@
 Reading only Parquet footers, every shard is checked for the columns its mode needs; a shard that
 cannot be opened or lacks a column fails the run here, naming the shard and the column, unless
 `input.skip_bad_shards` lists and skips it.
+
+Shards come from many writers (`datasets`, polars, DuckDB, pandas, Spark) that spell one logical
+type differently: large or view strings and binaries, dictionary-encoded strings, non-nullable
+fields, a media struct whose `path` is typed `null`, int ids beside string ids. Checks compare
+logical types (`logical_type`), and the shards are read as one schema (`read_schema`) that every
+shard casts to, so a directory mixing writers runs as one input.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ class ShardSet:
     filesystem: pafs.FileSystem
     row_counts: dict[str, int]  # path -> rows, from the Parquet footers
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why
+    schemas: dict[str, pa.Schema] = field(default_factory=dict)  # path -> its footer's schema
 
     @property
     def paths(self) -> list[str]:
@@ -39,8 +46,18 @@ class ShardSet:
     def rows(self) -> int:
         return sum(self.row_counts.values())
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The one schema these shards are read as (see `read_schema`)."""
+        return read_schema({p: self.schemas[p] for p in self.row_counts if p in self.schemas})
+
     def only(self, paths: list[str]) -> "ShardSet":
-        return ShardSet(self.filesystem, {p: self.row_counts[p] for p in paths}, self.skipped)
+        return ShardSet(
+            self.filesystem,
+            {p: self.row_counts[p] for p in paths},
+            self.skipped,
+            {p: self.schemas[p] for p in paths if p in self.schemas},
+        )
 
 
 def _is_glob(path: str) -> bool:
@@ -72,12 +89,77 @@ def expand(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     return filesystem, [path]
 
 
+def logical_type(data_type: pa.DataType) -> pa.DataType:
+    """The type a value is, whatever its writer's spelling: dictionaries read as their values, string
+    and binary views as plain strings and binaries, nested fields nullable (polars and DuckDB mark
+    fields non-nullable, others do not)."""
+    if pa.types.is_dictionary(data_type):
+        return logical_type(data_type.value_type)
+    if pa.types.is_string_view(data_type):
+        return pa.string()
+    if pa.types.is_binary_view(data_type):
+        return pa.binary()
+    if pa.types.is_struct(data_type):
+        return pa.struct([pa.field(f.name, logical_type(f.type)) for f in data_type])
+    if pa.types.is_large_list(data_type) or pa.types.is_large_list_view(data_type):
+        return pa.large_list(logical_type(data_type.value_type))
+    if pa.types.is_list(data_type) or pa.types.is_list_view(data_type) or pa.types.is_fixed_size_list(data_type):
+        return pa.list_(logical_type(data_type.value_type))
+    return data_type
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+
+
+def merge_types(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """One type both logical types read as without loss, or None when there is none.
+
+    Arrow's permissive promotion: null takes the other type, string and large_string read as
+    large_string, string and binary as binary, int32 and int64 as int64, struct fields merged by
+    name (a media struct's `null` path with a string path is a string path). Beyond it, an integer
+    beside text reads as text: shards that spell ids as numbers beside shards that spell them as
+    strings.
+    """
+    if a == b:
+        return a
+    if (pa.types.is_integer(a) and _is_text(b)) or (_is_text(a) and pa.types.is_integer(b)):
+        return b if _is_text(b) else a
+    try:
+        unified = pa.unify_schemas([pa.schema([("c", a)]), pa.schema([("c", b)])], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return unified.field("c").type
+
+
+def read_schema(schemas: dict[str, pa.Schema]) -> pa.Schema:
+    """The schema every shard is read as: each column's logical types merged across shards (columns
+    in first-seen order, all nullable: a shard without a column reads it as nulls). Raises
+    ShardError naming the column and two shards whose types cannot be merged."""
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]] = {}  # name -> (type, first shard, its type)
+    for path, schema in schemas.items():
+        for column in schema:
+            kind = logical_type(column.type)
+            if column.name not in merged:
+                merged[column.name] = (kind, path, column.type)
+                continue
+            current, first, first_type = merged[column.name]
+            unified = merge_types(current, kind)
+            if unified is None:
+                raise ShardError(
+                    f"column '{column.name}' is {first_type} in shard {first} but {column.type} in shard {path}, "
+                    "and no type holds both; write the shards with one type for it"
+                )
+            merged[column.name] = (unified, first, first_type)
+    return pa.schema([pa.field(name, kind) for name, (kind, _, _) in merged.items()])
+
+
 def check_schema(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: InputConfig) -> None:
     mapping = input_cfg.column_mapping()
     for column in fmt.required_columns(mapping):
         if column not in schema.names:
             raise ShardError(f"shard {path}: missing required column '{column}' (mode {fmt.mode}; have {schema.names})")
-        field_type = schema.field(column).type
+        field_type = logical_type(schema.field(column).type)
         wants_list = column == mapping.get("responses")
         ok = pa.types.is_list(field_type) or pa.types.is_large_list(field_type) if wants_list else any(t(field_type) for t in _TEXT_TYPES)
         if not ok:
@@ -86,6 +168,7 @@ def check_schema(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: In
 
 
 def _media_type_ok(field_type: pa.DataType) -> bool:
+    field_type = logical_type(field_type)
     if pa.types.is_null(field_type) or any(t(field_type) for t in _TEXT_TYPES):
         return True
     if not pa.types.is_struct(field_type):
@@ -107,22 +190,9 @@ def check_media_columns(path: str, schema: pa.Schema, input_cfg: InputConfig) ->
             )
 
 
-def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
-    both_text = any(t(a) for t in _TEXT_TYPES) and any(t(b) for t in _TEXT_TYPES)
-    return a == b or pa.types.is_null(a) or pa.types.is_null(b) or both_text
-
-
 def check_consistent(schemas: dict[str, pa.Schema]) -> None:
-    """Shards of one run must agree on each column's type (Ray cannot read them as one dataset)."""
-    seen: dict[str, tuple[pa.DataType, str]] = {}
-    for path, schema in schemas.items():
-        for column in schema:
-            first = seen.setdefault(column.name, (column.type, path))
-            if not _compatible(first[0], column.type):
-                raise ShardError(
-                    f"column '{column.name}' is {first[0]} in shard {first[1]} but {column.type} in shard {path}; "
-                    "write the shards with one schema"
-                )
+    """Shards of one run must agree on each column's logical type (they are read as one schema)."""
+    read_schema(schemas)
 
 
 def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> ShardSet:
@@ -158,4 +228,4 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
         raise ShardError(f"no readable shards among {len(skipped)} inputs: " + "; ".join(skipped.values()))
     assert filesystem is not None
     check_consistent(schemas)
-    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped)
+    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped, schemas=schemas)

@@ -8,9 +8,10 @@ is written (stages/storage/commit.py).
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,16 +31,26 @@ from stages.rows import (
     ERROR_STAGE,
     ERRORS,
     KEPT,
+    MODALITIES,
     OUTCOMES,
     outcome_of,
 )
+from stages.decode import DecodeStage
 from stages.storage.commit import commit_batch
+from stages.storage.features import with_media_features
 from stages.storage.files import filesystem_for, write_atomically
 
+log = logging.getLogger(__name__)
 JUDGMENTS = "judgments"
 VERDICT_TALLIES = "verdict_tallies"  # JudgingFormat.tally summed over the batch's rows
 PREFERENCES = "preferences"
 STATS_TYPE = pa.string()
+THRESHOLD_VALUES = "threshold_values"  # batch stats: value of the format's threshold column -> rows
+# The pipeline's own columns, never written as row columns: raw verdicts (judgments/ has them) and
+# decoded media (the judge drops them; a row settled before it may still carry them).
+INTERNAL_COLUMNS = frozenset({JUDGMENTS, *DecodeStage.adds})
+# Reads one media value's encoded bytes (`stages.media.fetch.load_media_bytes` with the run's roots).
+MediaReader = Callable[[Any], "bytes | None"]
 
 
 class OutputConfig(ConfigSection):
@@ -50,16 +61,24 @@ class OutputConfig(ConfigSection):
         gt=0,
         description="Rows per written file and per commit: an interrupted run redoes at most this many rows per writer.",
     )
+    embed_media: bool = Field(
+        default=True,
+        description="Embed media that came in by path as bytes in preferences/ (the path stays in `path`), so a "
+        "preference set is self-contained when it leaves the cluster.",
+    )
 
 
 class WriteStage(Stage):
     name = "write"
     num_cpus = 0.5
 
-    def __init__(self, output_path: str, fmt: JudgingFormat, batch_size: int = 256) -> None:
+    def __init__(
+        self, output_path: str, fmt: JudgingFormat, batch_size: int = 256, embed_media: MediaReader | None = None
+    ) -> None:
         self.output_path = output_path.rstrip("/")
         self.fmt = fmt
         self.batch_size = batch_size
+        self.embed_media = embed_media
         self.adds = {"stats": STATS_TYPE}
 
     def setup(self) -> None:
@@ -70,14 +89,15 @@ class WriteStage(Stage):
             self.setup()
         errors, drops = column_or_nulls(table, ERROR_STAGE), column_or_nulls(table, DROP_REASON)
         outcome = [outcome_of(e, d) for e, d in zip(errors, drops)]
-        visible = [c for c in table.column_names if not c.startswith("_") and c != JUDGMENTS]
+        visible = [c for c in table.column_names if c not in INTERNAL_COLUMNS]
         batch = uuid.uuid4().hex
         parts: dict[str, pa.Table] = {}
         for name in OUTCOMES:
             indices = [i for i, o in enumerate(outcome) if o == name]
             columns = [c for c in visible if not _hidden_in(name, c)]
-            parts[name] = table.select(columns).take(pa.array(indices, pa.int64()))
-        preferences = self.fmt.preference_rows(parts[KEPT])
+            part = table.select(columns).take(pa.array(indices, pa.int64()))
+            parts[name] = part.replace_schema_metadata(with_media_features(part.schema).metadata)
+        preferences = self.fmt.preference_rows(self._embedded(parts[KEPT]))
         if preferences is not None:
             parts[PREFERENCES] = preferences
         if JUDGMENTS in table.column_names:
@@ -90,6 +110,34 @@ class WriteStage(Stage):
         stats = batch_stats(table, outcome, self.fmt)
         commit_batch(self._fs, self._root, batch, files, table.column("id").to_pylist(), stats)
         return pa.table({"stats": [json.dumps(stats)]})
+
+
+    def _embedded(self, kept: pa.Table) -> pa.Table:
+        """`kept` with media that came in by path read into `bytes` (the path kept), when embedding is on."""
+        if self.embed_media is None:
+            return kept
+        for column in MODALITIES:
+            if column not in kept.column_names:
+                continue
+            values = kept.column(column).to_pylist()
+            if not any(v and v.get("bytes") is None and v.get("path") for v in values):
+                continue
+            embedded = [
+                {"bytes": self._read(v), "path": v["path"]} if v and v.get("bytes") is None and v.get("path") else v
+                for v in values
+            ]
+            index = kept.schema.get_field_index(column)
+            kept = kept.set_column(index, kept.schema.field(index), pa.array(embedded, kept.schema.field(index).type))
+        return kept
+
+    def _read(self, value: dict[str, Any]) -> bytes | None:
+        """The bytes of a judged row's media; None (path only) if they cannot be read again now."""
+        assert self.embed_media is not None
+        try:
+            return self.embed_media(value)
+        except Exception:  # the row was judged from these bytes: it stays kept, its pair keeps the path
+            log.warning("could not embed %s in preferences/; the pair keeps the path", value.get("path"), exc_info=True)
+            return None
 
 
 def _hidden_in(outcome: str, column: str) -> bool:
@@ -118,7 +166,9 @@ def _histogram(values: list[float | None], width: float) -> dict[str, int]:
 
 def batch_stats(table: pa.Table, outcome: list[str], fmt: JudgingFormat) -> dict[str, Any]:
     """The batch's tallies (summed into report.json): outcomes, reasons, kept rows' score histograms
-    (the format's columns and bin widths), judge requests and tokens, the format's verdict tallies."""
+    (the format's `histograms`: column -> bin width), the values its threshold rule saw (kept rows
+    and rows that rule dropped, for the report's keep-rate curve), judge requests and tokens, the
+    format's verdict tallies."""
     errors = column_or_nulls(table, ERROR_STAGE)
     reasons = column_or_nulls(table, ERROR_REASON)
     drops = column_or_nulls(table, DROP_REASON)
@@ -133,6 +183,11 @@ def batch_stats(table: pa.Table, outcome: list[str], fmt: JudgingFormat) -> dict
     for column, width in fmt.histograms.items():
         values = column_or_nulls(table, column)
         stats[f"hist_{column}"] = _histogram([v for v, k in zip(values, kept) if k], width)
+    rule = fmt.threshold_rule
+    if rule is not None:
+        values = column_or_nulls(table, rule.column)
+        swept = [v for v, k, d in zip(values, kept, drops) if v is not None and (k or d == rule.reason)]
+        stats[THRESHOLD_VALUES] = dict(Counter(f"{v:.6g}" for v in swept))
     if JUDGMENTS in table.column_names:
         flat = table.column(JUDGMENTS).combine_chunks().flatten()
         names = flat.type.names if hasattr(flat.type, "names") else [f.name for f in flat.type]
@@ -165,9 +220,9 @@ def complete_outputs(filesystem: pafs.FileSystem, root: str, fmt: JudgingFormat)
     row_schema = _first_schema(filesystem, root) or pa.schema([("id", pa.string())])
     base = [f for f in row_schema if f.name not in ERROR_COLUMNS and f.name != DROP_REASON]
     schemas = {
-        KEPT: pa.schema(base),
-        DROPPED: pa.schema([*base, pa.field(DROP_REASON, pa.string())]),
-        ERRORS: pa.schema([*base, *(pa.field(name, kind) for name, kind in ERROR_COLUMNS.items())]),
+        KEPT: with_media_features(pa.schema(base)),
+        DROPPED: with_media_features(pa.schema([*base, pa.field(DROP_REASON, pa.string())])),
+        ERRORS: with_media_features(pa.schema([*base, *(pa.field(name, kind) for name, kind in ERROR_COLUMNS.items())])),
         JUDGMENTS: pa.schema([pa.field("id", pa.string()), *JUDGMENT_FIELDS]),
     }
     preferences = fmt.preference_schema()

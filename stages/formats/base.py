@@ -11,6 +11,7 @@ the mode. Adding a format is adding one module beside this one (and to `registry
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Mapping, Optional, Protocol, Sequence
 
@@ -42,6 +43,16 @@ JUDGMENT_FIELDS = [
 JUDGMENT_TYPE = pa.struct(JUDGMENT_FIELDS)
 
 
+@dataclass(frozen=True)
+class ThresholdRule:
+    """A label rule that keeps a row when `column` is at least the `filter.<field>` threshold; a row
+    it rejects is dropped with `reason`. The run report sweeps it: the keep rate at each threshold."""
+
+    field: str
+    column: str
+    reason: str
+
+
 class UnparsedVerdict(RowError):
     """A slot still without a parsable verdict after every retry; never counted as a tie."""
 
@@ -70,6 +81,7 @@ class JudgingFormat(ABC):
     result_columns: ClassVar[dict[str, pa.DataType]]  # per-row aggregate the judge stage adds
     label_columns: ClassVar[dict[str, pa.DataType]] = {}  # what the label stage adds to kept rows
     histograms: ClassVar[dict[str, float]] = {}  # kept rows' column -> bin width, for the run report
+    threshold_rule: ClassVar[ThresholdRule | None] = None  # the rule the report's keep-rate curve sweeps
 
     # -- columns ---------------------------------------------------------------------------------
 

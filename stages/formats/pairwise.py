@@ -38,7 +38,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from stages.config import ConfigSection
-from stages.formats.base import REASON_UNPARSED, JudgingFormat
+from stages.formats.base import REASON_UNPARSED, JudgingFormat, ThresholdRule
 from stages.formats.evaluation import LabelledRow, bootstrap_ci, cohen_kappa, grid, ratio
 from stages.formats.preferences import preference_schema, preference_table
 from stages.formats.prompts import check_user_text, with_media
@@ -160,6 +160,7 @@ class PairwiseFormat(JudgingFormat):
         "score_rejected": pa.float64(),
     }
     histograms = {"score_chosen": 1.0, "score_rejected": 1.0, "margin": 1.0}
+    threshold_rule = ThresholdRule("min_margin", "margin", REASON_MARGIN)
 
     # -- columns ---------------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Preference pairs in TRL's conversational format, the rows of preferences/.
 
 The schema is built from Hugging Face `datasets` features, so its Parquet files carry the features
-metadata: `load_dataset("parquet", ...)` then yields `images` as PIL images, the form TRL's vision
-DPO trainer takes. Audio and video stay plain `{bytes, path}` structs: decoding them in `datasets`
-needs torchcodec, which a CPU install does not have.
+metadata: `load_dataset("parquet", ...)` yields `images` as PIL images (what TRL's vision DPO
+trainer takes) and `audios` / `videos` as `Audio` / `Video` values (torchcodec decoders). Audio and
+video follow the layout Qwen2.5-Omni trainers read: a `{"type": "audio"}` / `{"type": "video"}`
+content item in the user turn, in media order, and the media in the `audios` / `videos` column.
 """
 from __future__ import annotations
 
@@ -21,9 +22,8 @@ _FROM_KEPT = ("id", "question", "chosen", "rejected", "score_chosen", "score_rej
 @lru_cache(maxsize=1)
 def preference_schema() -> pa.Schema:
     """The Arrow schema of preferences/, with its `datasets` features metadata."""
-    from datasets import Features, Image, List, Value  # half a second to import: only when rows are written
+    from datasets import Audio, Features, Image, List, Value, Video  # half a second to import: only when rows are written
 
-    media = {"bytes": Value("binary"), "path": Value("string")}
     messages = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
     features = Features(
         {
@@ -32,8 +32,8 @@ def preference_schema() -> pa.Schema:
             "chosen": messages,
             "rejected": messages,
             "images": List(Image()),
-            "audios": List(media),
-            "videos": List(media),
+            "audios": List(Audio()),
+            "videos": List(Video()),
             "score_chosen": Value("float64"),
             "score_rejected": Value("float64"),
             "margin": Value("float64"),

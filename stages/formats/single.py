@@ -20,7 +20,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from stages.config import ConfigSection
-from stages.formats.base import REASON_UNPARSED, JudgingFormat
+from stages.formats.base import REASON_UNPARSED, JudgingFormat, ThresholdRule
 from stages.formats.evaluation import LabelledRow, bootstrap_ci, correlations, grid, ratio
 from stages.formats.prompts import check_user_text, with_media
 from stages.formats.verdicts import EPS, Verdict, final_verdicts, mean
@@ -56,6 +56,7 @@ class SingleFormat(JudgingFormat):
     drop_reasons = {REASON_SCORE: "single mode: mean score below `filter.min_score`"}
     result_columns = {"score": pa.float64()}
     histograms = {"score": 0.5}
+    threshold_rule = ThresholdRule("min_score", "score", REASON_SCORE)
 
     def user_message(self, question: str, answers: Sequence[str], media: Sequence[str], family: str) -> str:
         """SPEC: `{media}\\n\\n[Question]\\n{q}\\n\\n[Assistant's Answer]\\n{a}`."""
