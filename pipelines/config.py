@@ -24,7 +24,7 @@ from stages.formats.registry import FORMATS, Mode, judging_format
 from stages.judge import JudgeConfig
 from stages.media.config import MediaConfig
 from stages.media.fetch import MediaSourceConfig
-from stages.normalize import ColumnsConfig
+from stages.normalize import NormalizeConfig
 from stages.write import OutputConfig
 
 
@@ -32,7 +32,7 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the offending field."""
 
 
-class InputConfig(MediaSourceConfig, ColumnsConfig):  # fields: the last base's first
+class InputConfig(MediaSourceConfig, NormalizeConfig):  # fields: the last base's first
     """The `input` section: the shards, and how their columns and media are read."""
 
     paths: list[str] = Field(

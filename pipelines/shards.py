@@ -1,8 +1,9 @@
 """Find the input shards and check them on the driver, before any worker or GPU is asked for.
 
-Reading only Parquet footers, every shard is checked for the columns its mode needs; a shard that
-cannot be opened or lacks a column fails the run here, naming the shard and the column, unless
-`input.skip_bad_shards` lists and skips it.
+Reading only Parquet footers, every shard is checked for the columns its mode needs and against the
+shards before it; a shard that cannot be opened, lacks a column or has a column no type read so far
+can hold fails the run here, naming the shard and the column, unless `input.skip_bad_shards` lists
+and skips it (report.json's `skipped_shards`).
 
 Shards come from many writers (`datasets`, polars, DuckDB, pandas, Spark) that spell one logical
 type differently: large or view strings and binaries, dictionary-encoded strings, non-nullable
@@ -136,22 +137,32 @@ def read_schema(schemas: dict[str, pa.Schema]) -> pa.Schema:
     """The schema every shard is read as: each column's logical types merged across shards (columns
     in first-seen order, all nullable: a shard without a column reads it as nulls). Raises
     ShardError naming the column and two shards whose types cannot be merged."""
-    merged: dict[str, tuple[pa.DataType, str, pa.DataType]] = {}  # name -> (type, first shard, its type)
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]] = {}
     for path, schema in schemas.items():
-        for column in schema:
-            kind = logical_type(column.type)
-            if column.name not in merged:
-                merged[column.name] = (kind, path, column.type)
-                continue
-            current, first, first_type = merged[column.name]
-            unified = merge_types(current, kind)
-            if unified is None:
-                raise ShardError(
-                    f"column '{column.name}' is {first_type} in shard {first} but {column.type} in shard {path}, "
-                    "and no type holds both; write the shards with one type for it"
-                )
-            merged[column.name] = (unified, first, first_type)
+        merged = _merged_with(merged, path, schema)
     return pa.schema([pa.field(name, kind) for name, (kind, _, _) in merged.items()])
+
+
+def _merged_with(
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]], path: str, schema: pa.Schema
+) -> dict[str, tuple[pa.DataType, str, pa.DataType]]:
+    """`merged` (column -> (type so far, first shard, its type)) with one more shard's columns merged
+    in, as a new dict; ShardError naming the column and both shards when no type holds both."""
+    merged = dict(merged)
+    for column in schema:
+        kind = logical_type(column.type)
+        if column.name not in merged:
+            merged[column.name] = (kind, path, column.type)
+            continue
+        current, first, first_type = merged[column.name]
+        unified = merge_types(current, kind)
+        if unified is None:
+            raise ShardError(
+                f"column '{column.name}' is {first_type} in shard {first} but {column.type} in shard {path}, "
+                "and no type holds both; write the shards with one type for it"
+            )
+        merged[column.name] = (unified, first, first_type)
+    return merged
 
 
 def check_schema(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: InputConfig) -> None:
@@ -190,9 +201,22 @@ def check_media_columns(path: str, schema: pa.Schema, input_cfg: InputConfig) ->
             )
 
 
-def check_consistent(schemas: dict[str, pa.Schema]) -> None:
-    """Shards of one run must agree on each column's logical type (they are read as one schema)."""
-    read_schema(schemas)
+def check_consistent(schemas: dict[str, pa.Schema], skip_bad_shards: bool = False) -> dict[str, str]:
+    """Shards of one run must agree on each column's logical type (they are read as one schema).
+
+    A shard whose column no type read so far can hold fails the run, or with `skip_bad_shards` is left
+    out: returns path -> why for each shard left out. Later shards are checked against the kept ones.
+    """
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]] = {}
+    skipped: dict[str, str] = {}
+    for path, schema in schemas.items():
+        try:
+            merged = _merged_with(merged, path, schema)
+        except ShardError as exc:
+            if not skip_bad_shards:
+                raise ShardError(f"{exc} (or pass --skip-bad-shards)") from None
+            skipped[path] = str(exc)
+    return skipped
 
 
 def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> ShardSet:
@@ -224,8 +248,11 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
                 continue
             good[path] = metadata.num_rows
             schemas[path] = schema
+    assert filesystem is not None
+    for path, problem in check_consistent(schemas, input_cfg.skip_bad_shards).items():
+        skipped[path] = problem
+        del good[path]
     if not good:
         raise ShardError(f"no readable shards among {len(skipped)} inputs: " + "; ".join(skipped.values()))
-    assert filesystem is not None
-    check_consistent(schemas)
-    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped, schemas=schemas)
+    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped,
+                    schemas={path: schema for path, schema in schemas.items() if path in good})

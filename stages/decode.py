@@ -9,8 +9,10 @@ rate its frames were sampled at, so the engine is told what the data holds, neve
 
 A row whose media cannot be fetched or decoded goes to errors/ with error_stage "decode", its
 reason code in error_reason and an error text such as `MediaError: [image_too_large] header
-declares ...`; see stages/media/errors.py for the codes. A table without some media column (a
-text-only dataset) simply gets nulls.
+declares ...`; see stages/media/errors.py for the codes. Degenerate but readable media that a stated
+rule keeps from judging (a side ratio over 200, a clip under audio_min_seconds, and what the
+`media` section's rules drop) goes to dropped/ with its drop_reason instead. A table without some
+media column (a text-only dataset) simply gets nulls.
 """
 from __future__ import annotations
 

@@ -278,3 +278,27 @@ def test_engine_args_and_prompt_conversion() -> None:
     vl_request = JudgeRequest("r", "<|vision_start|><|image_pad|><|vision_end|>", {"image": m["image"]})
     vl = to_vllm_prompt(vl_request, "vl")
     assert vl["multi_modal_data"]["image"].shape == (180, 240, 3)
+
+
+@pytest.mark.engine
+def test_degenerate_but_readable_inputs_are_judged(engine: VllmEngine) -> None:
+    """What the decode and normalize stages now pass on instead of erroring: text with NUL and other
+    control characters, a 1x1 image resized up to the model's minimum, a silent clip."""
+    from stages.media.audio import decode_audio
+    from stages.media.config import MediaConfig
+    from stages.media.image import decode_image
+    from tests import synthetic_media as sm
+
+    cfg = MediaConfig()
+    pixel = decode_image(sm.png_1x1(), cfg)
+    assert pixel.shape == (56, 56, 3)  # Qwen's smart_resize of 1x1 at the default image_min_pixels
+    silence = decode_audio(sm.wav(1.0, silent=True), cfg)
+    assert not silence.any()
+    control = "what\x00is\x07this\x1b[0m"
+    requests = [
+        JudgeRequest("nul", chat("").replace("What is shown?", control)),
+        JudgeRequest("pixel", chat(IMAGE), {"image": pixel}),
+        JudgeRequest("silence", chat(AUDIO), {"audio": (silence, cfg.audio_sample_rate)}),
+    ]
+    for request, future in zip(requests, [engine.submit(r) for r in requests]):
+        check_verdict(future.result(timeout=TIMEOUT_S))

@@ -13,7 +13,7 @@ from stages.media.audio import decode_audio
 from stages.media.config import MediaConfig
 from stages.media.image import decode_image
 from stages.media.video import decode_video
-from stages.rows import ERROR, ERROR_REASON, ERROR_STAGE
+from stages.rows import DROP_REASON, ERROR, ERROR_REASON, ERROR_STAGE
 from tests import synthetic_media as sm
 
 CFG = MediaConfig()
@@ -42,6 +42,8 @@ def processed() -> pa.Table:
         {"id": "bomb", "image": sm.png_bomb(9_000, 9_000), "audio": AUDIO},
         {"id": "truncated", "image": sm.truncated_png()},
         {"id": "silent", "audio": sm.wav(1.0, silent=True)},
+        {"id": "strip", "image": sm.png_extreme_aspect(), "audio": AUDIO},
+        {"id": "pixel", "image": sm.png_1x1()},
         {"id": "not_video", "video": sm.not_an_image()},
         {"id": "earlier", "image": sm.not_an_image(), ERROR_STAGE: "normalize", ERROR_REASON: "KeyError",
          ERROR: "KeyError: 'question'"},
@@ -65,7 +67,7 @@ def test_stage_contract():
 def test_columns_have_declared_types(processed):
     for column, kind in decode.DecodeStage.adds.items():
         assert processed.schema.field(column).type == kind
-    assert processed.num_rows == 7
+    assert processed.num_rows == 9
 
 
 def test_good_row_gets_arrays_equal_to_direct_decode(processed):
@@ -109,7 +111,7 @@ def test_text_only_row_gets_nulls_and_no_error(processed):
 @pytest.mark.parametrize(
     "row_id, reason, original",
     [("bomb", "image_too_large", None), ("truncated", "image_undecodable", "OSError"),
-     ("silent", "audio_silent", None), ("not_video", "video_undecodable", "InvalidDataError")],
+     ("not_video", "video_undecodable", "InvalidDataError")],
 )
 def test_bad_rows_go_to_errors_with_reason(processed, row_id, reason, original):
     row = by_id(processed)[row_id]
@@ -118,6 +120,16 @@ def test_bad_rows_go_to_errors_with_reason(processed, row_id, reason, original):
     if original:
         assert original in row[ERROR]
     assert all(row[column] is None for column in decode.DecodeStage.adds)  # no half-decoded row
+
+
+def test_degenerate_media_is_decoded_or_dropped_never_an_error(processed):
+    rows = by_id(processed)
+    assert rows["silent"][ERROR_STAGE] is None and decode.audio_array(rows["silent"])[0].size
+    assert rows["pixel"][ERROR_STAGE] is None and decode.image_array(rows["pixel"]).shape == (56, 56, 3)
+    strip = rows["strip"]
+    assert (strip[ERROR_STAGE], strip[DROP_REASON]) == (None, "image_aspect_ratio")
+    assert all(strip[column] is None for column in decode.DecodeStage.adds)
+    assert {row[DROP_REASON] for row in rows.values()} == {None, "image_aspect_ratio"}
 
 
 def test_rows_errored_earlier_pass_untouched(processed):
