@@ -43,7 +43,7 @@ from stages.decode import DecodeStage
 from stages.engines.api import Engine
 from stages.judge import JudgeStage
 from stages.label import LabelStage
-from stages.normalize import CANONICAL_TYPES, NormalizeStage
+from stages.normalize import NormalizeStage, canonical_types
 from stages.media.fetch import load_media_bytes
 from stages.write import MediaReader, WriteStage, complete_outputs
 
@@ -59,7 +59,7 @@ def build_stages(
     fmt = cfg.judging_format()
     return [
         NormalizeStage(fmt, cfg.input, batch_size=cfg.decode_batch_size, skip_ids=skip_ids, row_hash=row_hash),
-        DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size),
+        DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size, columns=fmt.media),
         JudgeStage(fmt, cfg.judge, engine_factory=engine_factory),
         LabelStage(fmt, cfg.filter),
         WriteStage(cfg.output.path, fmt, batch_size=cfg.output.rows_per_file,
@@ -157,7 +157,7 @@ def _run(
     cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] | None, progress_bar: TextIO | None
 ) -> RunResult:
     started = time.time()
-    check_stage_chain(build_stages(cfg, engine_factory)[1:], set(CANONICAL_TYPES))
+    check_stage_chain(build_stages(cfg, engine_factory)[1:], set(canonical_types(cfg.judging_format())))
     run_dir = open_run_directory(cfg, shards.paths)
     if run_dir.resumed_batches:
         log.info("resuming: %d committed batches (%d rows) kept, %d orphan files removed",

@@ -22,7 +22,6 @@ from pyarrow import fs as pafs
 
 from pipelines.config import InputConfig
 from stages.formats.base import JudgingFormat
-from stages.rows import MODALITIES
 from stages.storage.files import filesystem_for
 
 _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
@@ -167,14 +166,17 @@ def _merged_with(
 
 def check_schema(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: InputConfig) -> None:
     mapping = input_cfg.column_mapping()
-    for column in fmt.required_columns(mapping):
+    canonical = {mapping.get(name, name): name for name in (*fmt.columns(), "responses")}
+    for column in fmt.required_columns(mapping, schema.names):
         if column not in schema.names:
             raise ShardError(f"shard {path}: missing required column '{column}' (mode {fmt.mode}; have {schema.names})")
+        if canonical.get(column) in fmt.media:
+            continue  # checked with the other media columns
         field_type = logical_type(schema.field(column).type)
-        wants_list = column == mapping.get("responses")
+        wants_list = column == mapping.get("responses", "responses") or canonical.get(column) in fmt.answer_types
         ok = pa.types.is_list(field_type) or pa.types.is_large_list(field_type) if wants_list else any(t(field_type) for t in _TEXT_TYPES)
         if not ok:
-            expected = "a list of 2 strings" if wants_list else "string"
+            expected = "a list of strings" if wants_list else "string"
             raise ShardError(f"shard {path}: column '{column}' has type {field_type}, expected {expected}")
 
 
@@ -190,9 +192,9 @@ def _media_type_ok(field_type: pa.DataType) -> bool:
     return bool({"bytes", "path"} & set(names)) and bytes_ok and path_ok
 
 
-def check_media_columns(path: str, schema: pa.Schema, input_cfg: InputConfig) -> None:
+def check_media_columns(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: InputConfig) -> None:
     mapping = input_cfg.column_mapping()
-    for canonical in MODALITIES:
+    for canonical in fmt.media:
         column = mapping.get(canonical, canonical)
         if column in schema.names and not _media_type_ok(schema.field(column).type):
             raise ShardError(
@@ -239,7 +241,7 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
                 metadata = pq.read_metadata(path, filesystem=fs_here)
                 schema = metadata.schema.to_arrow_schema()
                 check_schema(path, schema, fmt, input_cfg)
-                check_media_columns(path, schema, input_cfg)
+                check_media_columns(path, schema, fmt, input_cfg)
             except Exception as exc:
                 problem = str(exc) if isinstance(exc, ShardError) else f"shard {path}: unreadable ({type(exc).__name__}: {exc})"
                 if not input_cfg.skip_bad_shards:

@@ -69,7 +69,7 @@ def test_mapped_and_list_columns_are_checked_by_their_user_names(tmp_path):
     pq.write_table(pa.table({"query": ["q"], "response": [["a", "b"]]}), tmp_path / "vlrb.parquet")
     assert discover([str(tmp_path)], PAIRWISE, InputConfig(preset="vl_rewardbench")).rows == 1
     pq.write_table(pa.table({"query": ["q"], "response": ["a"]}), tmp_path / "vlrb.parquet")
-    with pytest.raises(ShardError, match="expected a list of 2 strings"):
+    with pytest.raises(ShardError, match="expected a list of strings"):
         discover([str(tmp_path)], PAIRWISE, InputConfig(preset="vl_rewardbench"))
 
 
