@@ -13,6 +13,8 @@ import logging
 import time
 from typing import Any, Callable, TextIO
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from pipelines.adapter import apply_stage, read_rows
@@ -36,7 +38,7 @@ from pipelines.errors import RunInterrupted, first_line
 from pipelines.report import InputSummary, RunResult, build_report, merge_batch_stats, write_report
 from pipelines.report_html import write_report_html
 from pipelines.run_dir import RUN_IDENTITY, OutputExists, RunDirectory, is_finished, open_run_directory
-from pipelines.shard_ids import read_shard_ids
+from pipelines.shard_ids import plan_resume, read_shard_ids
 from pipelines.shards import ShardSet, discover
 from stages.base import Stage
 from stages.decode import DecodeStage
@@ -163,13 +165,18 @@ def _run(
         log.info("resuming: %d committed batches (%d rows) kept, %d orphan files removed",
                  run_dir.resumed_batches, len(run_dir.committed_ids), len(run_dir.removed_orphans))
     ids = read_shard_ids(shards, cfg.input.column_mapping().get("id", "id"))
-    duplicates = ids.duplicates()
+    counts = ids.duplicates()
+    duplicates = pa.array(sorted(counts), pa.string())
     try:
-        if duplicates and not set(duplicates) <= run_dir.committed_ids:
-            settle_duplicates(cfg, shards, duplicates)
-        skip_ids = run_dir.committed_ids | frozenset(duplicates)
-        stages = build_stages(cfg, engine_factory, skip_ids=skip_ids, row_hash=ids.needs_row_hash)
-        return _stream(cfg, shards, run_dir, stages, ids.needs_row_hash, started, len(duplicates), progress_bar)
+        if counts and not pc.all(pc.is_in(duplicates, value_set=run_dir.committed_ids)).as_py():
+            settle_duplicates(cfg, shards, counts)
+        resume = plan_resume(ids, pa.concat_arrays([run_dir.committed_ids, duplicates]))
+        if run_dir.resumed_batches:
+            log.info("resuming: %d of %d shards have rows left; %d of their ids are already done",
+                     len(resume.unfinished), len(shards.paths), len(resume.skip_ids))
+        stages = build_stages(cfg, engine_factory, skip_ids=resume.skip_ids, row_hash=ids.needs_row_hash)
+        return _stream(cfg, shards, run_dir, stages, resume.unfinished, ids.needs_row_hash, started,
+                       len(duplicates), progress_bar)
     except Exception as exc:  # the run started: what it committed stays, a rerun resumes from there
         log.exception("the run stopped before finishing")
         raise RunInterrupted(
@@ -183,21 +190,24 @@ def _stream(
     shards: ShardSet,
     run_dir: RunDirectory,
     stages: list[Stage],
+    unfinished: list[str],
     row_hash: bool,
     started: float,
     duplicates: int,
     progress_bar: TextIO | None,
 ) -> RunResult:
-    """Stream the plan (the write stage commits batch by batch), then report; the run has started."""
+    """Stream the plan over the shards with rows left (the write stage commits batch by batch), then
+    report on all of them; the run has started."""
     metrics, ledger = start_metrics(), start_ledger()
     try:
-        dataset = read_rows(shards.paths, shards.filesystem, cfg.decode_batch_size, shards.schema, row_hash=row_hash)
-        for stage in stages:
-            dataset = apply_stage(dataset, stage, metrics, ledger)
-        progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics, bar=progress_bar)
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            # The write stage commits as it goes; the report reads its tallies back from the manifests.
-            progress.batch_written(batch.column("stats").to_pylist())
+        if unfinished:
+            dataset = read_rows(unfinished, shards.filesystem, cfg.decode_batch_size, shards.schema, row_hash=row_hash)
+            for stage in stages:
+                dataset = apply_stage(dataset, stage, metrics, ledger)
+            progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics, bar=progress_bar)
+            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                # The write stage commits as it goes; the report reads its tallies back from the manifests.
+                progress.batch_written(batch.column("stats").to_pylist())
         stage_metrics, timeline = ray.get([metrics.snapshot.remote(), metrics.timeline.remote()])
     finally:
         ray.kill(metrics)

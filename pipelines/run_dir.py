@@ -34,7 +34,7 @@ class OutputUnusable(RuntimeError):
 class RunDirectory:
     filesystem: pafs.FileSystem
     root: str
-    committed_ids: frozenset[str] = frozenset()
+    committed_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))  # Arrow: millions are cheap
     resumed_batches: int = 0
     removed_orphans: list[str] = field(default_factory=list)
 
@@ -97,8 +97,9 @@ def _open(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
             )
         manifests = read_manifests(filesystem, root)
         removed = remove_uncommitted(filesystem, root, manifests)
-        ids = frozenset(i for manifest in manifests for i in manifest["ids"])
-        return RunDirectory(filesystem, root, ids, len(manifests), removed)
+        ids = [pa.array(manifest["ids"], pa.string()) for manifest in manifests]
+        committed = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+        return RunDirectory(filesystem, root, committed, len(manifests), removed)
     if _exists(filesystem, root) and filesystem.get_file_info(pafs.FileSelector(root)):
         raise OutputExists(f"{cfg.output.path} is not empty and holds no flexcurate run; choose another --output")
     filesystem.create_dir(root, recursive=True)

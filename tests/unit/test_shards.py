@@ -171,3 +171,27 @@ def test_ids_for_duplicates_and_rows_without_one(tmp_path):
     pq.write_table(pa.table({"id": ["c"], "row_hash": ["mine"], **{k: GOOD[k].to_pylist()[:1] for k in GOOD.column_names}}),
                    tmp_path / "other.parquet")
     assert not read_shard_ids(discover([str(tmp_path)], PAIRWISE, InputConfig()), "id").needs_row_hash
+
+
+def test_a_resume_reads_only_unfinished_shards_and_ships_only_their_done_ids(tmp_path):
+    from pipelines.shard_ids import plan_resume, read_shard_ids
+
+    def rows(prefix, n):
+        return pa.table({"id": [f"{prefix}{i}" for i in range(n)], "question": ["q"] * n,
+                         "response_a": ["a"] * n, "response_b": ["b"] * n},
+                        schema=pa.schema([(c, pa.string()) for c in ("id", "question", "response_a", "response_b")]))
+
+    pq.write_table(rows("a", 3), tmp_path / "a.parquet")
+    pq.write_table(rows("b", 4), tmp_path / "b.parquet")
+    pq.write_table(rows("c", 2), tmp_path / "c.parquet")
+    pq.write_table(rows("d", 0), tmp_path / "d.parquet")
+    pq.write_table(rows("x", 2).drop_columns(["id"]), tmp_path / "e-no-ids.parquet")
+    shards = discover([str(tmp_path)], PAIRWISE, InputConfig())
+    ids = read_shard_ids(shards, "id")
+    no_ids = ids.ids(str(tmp_path / "e-no-ids.parquet")).to_pylist()
+    done = pa.array(["a0", "a1", "a2", "b1", "b3", no_ids[0], no_ids[1], "gone"], pa.string())
+    plan = plan_resume(ids, done)
+    assert [p.rsplit("/", 1)[1] for p in plan.unfinished] == ["b.parquet", "c.parquet"]
+    assert plan.skip_ids == {"b1", "b3"}
+    fresh = plan_resume(ids, pa.array([], pa.string()))
+    assert len(fresh.unfinished) == 4 and not fresh.skip_ids
