@@ -4,7 +4,8 @@
     2. feeding    engine busy fraction with a simulated long-tail engine; decode CPUs per replica
     3. decode     DecodeStage inside Ray vs. a plain single-process loop, per core
     4. scale      wall time and peak memory at 1x, 10x and 100x rows
-    5. resume     a resume with 2M committed ids vs. a fresh run of the rows it has left
+    5. relabel    a finished run relabelled under new filter settings, rows/s (no engine, no Ray)
+    6. resume     a resume with 2M committed ids vs. a fresh run of the rows it has left
 
 Writes OUT/results.json (headline ratios beside the figures they come from) and OUT/results.md
 (the table printed at the end). Benchmarks, not tests: nothing here fails on a slow number.
@@ -24,17 +25,17 @@ from typing import Any
 
 from bench.common import load_average, wait_for_quiet
 
-SECTIONS = ("decode", "feeding", "engine", "scale", "resume")
+SECTIONS = ("decode", "feeding", "engine", "scale", "relabel", "resume")
 # Sizes: --quick runs in a few minutes on a 2-core machine; --tiny only proves the harness works.
 SIZES: dict[str, dict[str, Any]] = {
     "full": dict(engine_rows=1024, repeats=3, feeding_rows=1200, feeding_repeats=3, feeding_variants=True,
-                 decode_rows={"image": 1200, "audio": 800, "video": 600}, scale_base=256,
+                 decode_rows={"image": 1200, "audio": 800, "video": 600}, scale_base=256, relabel_rows=100_000,
                  resume_committed=2_000_000, resume_shard_rows=20_000, resume_remaining=1000),
     "quick": dict(engine_rows=256, repeats=3, feeding_rows=600, feeding_repeats=1, feeding_variants=False,
-                  decode_rows={"image": 320, "audio": 240, "video": 160}, scale_base=64,
+                  decode_rows={"image": 320, "audio": 240, "video": 160}, scale_base=64, relabel_rows=100_000,
                   resume_committed=2_000_000, resume_shard_rows=20_000, resume_remaining=1000),
     "tiny": dict(engine_rows=4, repeats=1, feeding_rows=16, feeding_repeats=1, feeding_variants=False,
-                 decode_rows={"image": 8, "audio": 8, "video": 8}, scale_base=2,
+                 decode_rows={"image": 8, "audio": 8, "video": 8}, scale_base=2, relabel_rows=2_000,
                  resume_committed=2000, resume_shard_rows=500, resume_remaining=20),
 }
 TARGETS = {  # headline -> (threshold, higher is better)
@@ -42,6 +43,7 @@ TARGETS = {  # headline -> (threshold, higher is better)
     "engine_busy_fraction": (0.95, True),
     "decode_ratio": (0.90, True),
     "memory_growth": (1.25, False),
+    "relabel_rows_per_s": (1667, True),  # 100K rows in under a minute
     "resume_seconds_vs_fresh": (1.5, False),
     "resume_peak_vs_fresh": (1.25, False),
 }
@@ -140,6 +142,11 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str
         rows.append(("scale: ms/row 10x->100x vs 1x->10x", f"{s['marginal_ms_per_row_10x_100x']:.2f}",
                      f"{s['marginal_ms_per_row_1x_10x']:.2f}",
                      f"{s['marginal_ms_per_row_10x_100x'] / s['marginal_ms_per_row_1x_10x']:.2f}", ""))
+    if "relabel" in results:
+        r = results["relabel"]
+        rows.append((f"relabel: {r['rows']} judged rows, rows/s", f"{r['relabel_rows_per_s']:.0f} ({r['relabel_s']} s)",
+                     f"{100_000 / 60:.0f} (100K rows in a minute)", f"{r['relabel_rows_per_s'] / (100_000 / 60):.2f}",
+                     "relabel_rows_per_s"))
     if "resume" in results:
         r = results["resume"]
         rows.append((f"resume: {r['committed_ids']} committed ids, {r['remaining_rows']} rows left, wall s",
@@ -200,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                     "waited_for_load": wait_for_quiet(args.max_load, args.wait_load_s)},
         "args": {k: v for k, v in vars(args).items()},
     }
-    from bench import decode, engine_efficiency, feeding, resume, scale
+    from bench import decode, engine_efficiency, feeding, relabel, resume, scale
 
-    modules = {"decode": decode, "feeding": feeding, "engine": engine_efficiency, "scale": scale, "resume": resume}
+    modules = {"decode": decode, "feeding": feeding, "engine": engine_efficiency, "scale": scale, "relabel": relabel,
+               "resume": resume}
     for section in SECTIONS:  # decode first: the sizing table needs its per-row costs
         if section not in sections:
             continue
@@ -222,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     headlines = {"engine_efficiency": ("engine", "engine_efficiency"),
                  "engine_busy_fraction": ("feeding", "engine_busy_fraction"),
                  "decode_ratio": ("decode", "decode_ratio"), "memory_growth": ("scale", "memory_growth"),
+                 "relabel_rows_per_s": ("relabel", "relabel_rows_per_s"),
                  "resume_seconds_vs_fresh": ("resume", "seconds_vs_fresh"),
                  "resume_peak_vs_fresh": ("resume", "peak_mib_vs_fresh")}
     results["targets"] = {}

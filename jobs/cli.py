@@ -1,4 +1,4 @@
-"""The `flexcurate` command (also `python -m jobs`): run, demo, config, submit.
+"""The `flexcurate` command (also `python -m jobs`): run, demo, config, submit, evaluate, relabel.
 
 Exit codes (jobs/runtime.py): 0 the run succeeded; 1 the run finished but failed a check (error
 budget, accounting); 2 the command, the config, the inputs, the output directory or the cluster
@@ -15,6 +15,8 @@ from typing import NoReturn, Sequence
 
 import yaml
 
+from jobs.evaluate import add_evaluate_parser, run_evaluate
+from jobs.relabel import add_relabel_parser, run_relabel
 from jobs.runtime import (
     INTERRUPTIONS,
     REJECTIONS,
@@ -64,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--schema", action="store_true", help="print the JSON schema with field descriptions")
     add_submit_parser(commands)
+    add_evaluate_parser(commands)
+    add_relabel_parser(commands)
     return parser
 
 
 def _run(cfg: RunConfig, args: argparse.Namespace) -> int:
-    result = run_job(cfg, args.address, args.num_cpus)
+    result = run_job(cfg, args.address, args.num_cpus, args.verbose)
     report = result.report
     print(json.dumps({k: report[k] for k in ("status", "input_rows", "counts", "error_fraction") if k in report}))
     print(f"outputs: {result.output}")
@@ -86,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ExitCode.OK
         if args.command == "submit":
             return run_submit(args)
+        if args.command == "evaluate":
+            return run_evaluate(args)
+        if args.command == "relabel":
+            return run_relabel(args)
         if args.command == "demo":
             from jobs.demo import run_demo
 

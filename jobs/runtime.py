@@ -11,17 +11,20 @@ import argparse
 import logging
 import os
 import socket
+import sys
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, RunConfig, load_config
 from pipelines.errors import RunInterrupted, first_line
+from pipelines.evaluate import LabelError
+from pipelines.finished_run import NotAFinishedRun
 from pipelines.run_dir import OutputExists, OutputUnusable
 from pipelines.shards import ShardError
 
 if TYPE_CHECKING:  # pipelines.curate imports Ray: only the commands that run pay for it
-    from pipelines.curate import RunResult
+    from pipelines.report import RunResult
 
 TINY_MODEL = "flexcurate/tiny-omni"  # resolved to the locally built random-weight model
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -41,7 +44,9 @@ class ClusterUnavailable(RuntimeError):
 
 
 # Errors that mean "rejected before anything started": a one-line message and exit code 2.
-REJECTIONS: tuple[type[Exception], ...] = (ConfigError, ShardError, OutputExists, OutputUnusable, ClusterUnavailable)
+REJECTIONS: tuple[type[Exception], ...] = (
+    ConfigError, ShardError, OutputExists, OutputUnusable, ClusterUnavailable, NotAFinishedRun, LabelError
+)
 # Errors that mean "started, then stopped": a one-line message and exit code 3.
 INTERRUPTIONS: tuple[type[Exception], ...] = (RunInterrupted,)
 TOKEN_HINT = (
@@ -90,6 +95,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="logical CPUs for an embedded local Ray (default: max(4, cores))")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray Data's per-operator progress and the Ray workers' logs (judge "
+                        "engine included); by default only flexcurate's own progress is shown")
 
 
 def config_from_args(args: argparse.Namespace, config_path: str | Path, **values: Any) -> RunConfig:
@@ -101,14 +109,15 @@ def config_from_args(args: argparse.Namespace, config_path: str | Path, **values
     )
 
 
-def resolve_model(cfg: RunConfig) -> None:
+def resolve_model(cfg: RunConfig, *, build: bool = True) -> None:
     """Replace the tiny-model alias by its local path, building it once if needed (not for a dry
-    run: the simulated engine loads no model)."""
+    run: the simulated engine loads no model; `build=False`: a command that runs no engine only
+    names it, as a finished run's config does)."""
     if cfg.judge.engine.model != TINY_MODEL or cfg.judge.engine.backend == "simulated":
         return
-    from jobs.tiny_model import build_tiny_omni
+    from jobs.tiny_model import build_tiny_omni, default_tiny_model_dir
 
-    cfg.judge.engine.model = str(build_tiny_omni())
+    cfg.judge.engine.model = str(build_tiny_omni() if build else default_tiny_model_dir())
 
 
 def embedded_ray_cpus() -> int:
@@ -118,21 +127,41 @@ def embedded_ray_cpus() -> int:
     return max(4, os.cpu_count() or 1)
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
+def quiet_ray_data(verbose: bool) -> None:
+    """Ray Data's per-operator progress (a multi-line dump every few seconds on a non-interactive
+    stdout, bars on a terminal) and its INFO lines off, unless `verbose`; its log file
+    (ray-data.log in the session's logs) still gets everything."""
+    import ray.data  # configures its loggers on import
+
+    if verbose:
+        return
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ == "PlainRayHandler":  # its console handler, not its file handlers
+            handler.setLevel(logging.WARNING)
+
+
+def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start an embedded local Ray. The
+    workers' output (engine start-up logs, library warnings) reaches this process only with
+    `verbose`; it is always in Ray's log files (the dashboard's logs on a cluster)."""
     import ray
 
+    quiet_ray_data(verbose)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {} if verbose else {"logging_level": logging.WARNING}
     logical = num_cpus or embedded_ray_cpus()
     reached = False
     try:
         if address:
             _check_reachable(address)
             reached = True
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=verbose, **quiet)
             return
-        ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=verbose, **quiet)
     except Exception as exc:
         raise cluster_unavailable(exc, address, reached) from exc
     log.info("started an embedded local Ray with %d logical CPUs", logical)
@@ -147,15 +176,18 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
         pass
 
 
-def run_job(cfg: RunConfig, address: str | None, num_cpus: int | None) -> "RunResult":
-    """The run sequence every entrypoint uses; raises one of REJECTIONS before anything starts."""
+def run_job(cfg: RunConfig, address: str | None, num_cpus: int | None, verbose: bool = False) -> "RunResult":
+    """The run sequence every entrypoint uses; raises one of REJECTIONS before anything starts.
+
+    On a terminal (and not `verbose`, where Ray Data draws its own bars) progress is one bar on
+    stdout; otherwise a log line every 30 s."""
     from jobs.placement import check_current_cluster
     from pipelines.curate import run_curation
 
     resolve_model(cfg)
-    init_ray(address, num_cpus)
+    init_ray(address, num_cpus, verbose)
     check_current_cluster(cfg)
-    return run_curation(cfg)
+    return run_curation(cfg, progress_bar=sys.stdout if sys.stdout.isatty() and not verbose else None)
 
 
 def exit_code(result: "RunResult") -> ExitCode:

@@ -9,6 +9,7 @@ would choose.
 """
 from __future__ import annotations
 
+import copy
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -16,9 +17,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
+from pipelines.labels import LabelsConfig
 from stages.config import ConfigSection
+from stages.engines.families import modalities_of
 from stages.formats.base import JudgingFormat
-from stages.formats.registry import FORMATS, Mode, judging_format
+from stages.formats.registry import FORMATS, Mode, config_sections, judging_format
 from stages.judge import JudgeConfig
 from stages.media.config import MediaConfig
 from stages.media.fetch import MediaSourceConfig
@@ -45,11 +48,7 @@ class InputConfig(MediaSourceConfig, NormalizeConfig):  # fields: the last base'
 
 # The `filter` section: every judging format's label rules side by side (each field documented by
 # its format); a run applies those of its mode.
-FilterConfig = create_model(
-    "FilterConfig",
-    __base__=tuple(fmt.rules for fmt in reversed(FORMATS.values())),  # fields: the last base's first
-    __doc__="Label rules of every judging format.",
-)
+FilterConfig = create_model("FilterConfig", __base__=config_sections("rules"), __doc__="Label rules of every judging format.")
 
 
 class IncrementalConfig(ConfigSection):
@@ -80,6 +79,7 @@ class RunConfig(ConfigSection):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)  # type: ignore[valid-type]
     output: OutputConfig = Field(default_factory=OutputConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
     incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
     decode_batch_size: int = Field(default=16, ge=1, description="Rows per CPU decode task.")
     max_error_fraction: float = Field(
@@ -87,14 +87,40 @@ class RunConfig(ConfigSection):
     )
 
     def judging_format(self) -> JudgingFormat:
-        return judging_format(self.mode)
+        return judging_format(self.mode, self.judge)
 
     @model_validator(mode="after")
     def _coherent(self) -> "RunConfig":
-        if self.judge.swap_order and len(self.judging_format().orders(swap_order=True)) == 1:
+        fmt = self.judging_format()
+        family = self.judge.engine.resolved_family()
+        untaken = sorted(fmt.required_modalities - set(modalities_of(family)))
+        if untaken:
+            raise ValueError(
+                f"mode {self.mode} judges {', '.join(untaken)}, which judge.engine.model {self.judge.engine.model} "
+                f"(family {family}) cannot take; use Flex-Omni-7B"
+            )
+        self._engine_takes_the_media(fmt)
+        if self.judge.swap_order and len(fmt.orders(swap_order=True)) == 1:
             # A format with one answer order has nothing to swap; keep the flag meaningful.
             object.__setattr__(self.judge, "swap_order", False)
         return self
+
+    def _engine_takes_the_media(self, fmt: JudgingFormat) -> None:
+        """The engine reserves memory for the media a request of this mode shows, and only for those
+        (vLLM sizes its encoder cache by these limits): the mode's counts unless the user set limits,
+        which then must hold them."""
+        engine = self.judge.engine
+        taken = set(modalities_of(engine.resolved_family()))
+        needed = {modality: n for modality, n in fmt.media_per_prompt().items() if modality in taken}
+        if "limit_mm_per_prompt" not in engine.model_fields_set:
+            object.__setattr__(engine, "limit_mm_per_prompt", needed)
+            return
+        short = {m: n for m, n in needed.items() if engine.limit_mm_per_prompt.get(m, 0) < n}
+        if short:
+            raise ValueError(
+                f"judge.engine.limit_mm_per_prompt {dict(engine.limit_mm_per_prompt)}: mode {self.mode} shows up to "
+                f"{short} per request; raise it or leave it unset"
+            )
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -116,16 +142,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
     **top_level: Any,
 ) -> RunConfig:
-    """Load YAML, apply `--set` overrides and keyword values (dotted keys), validate.
+    """Load YAML over `base` (a config dump, e.g. a finished run's), apply `--set` overrides and keyword
+    values (dotted keys), validate.
 
     Raises ConfigError naming every invalid field.
     """
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = copy.deepcopy(base or {})
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text())
@@ -133,7 +168,7 @@ def load_config(
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
-        tree = loaded or {}
+        tree = _merge(tree, loaded or {})
     for text in overrides or []:
         _set_dotted(tree, *parse_override(text))
     for dotted, value in top_level.items():

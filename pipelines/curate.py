@@ -8,10 +8,10 @@ a night left unfinished, then narrow the shards to the night's new ones. The cal
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,7 +36,8 @@ from pipelines.metrics import start_metrics
 from pipelines.pool_watch import PoolWatch
 from pipelines.progress import ProgressLog
 from pipelines.quarantine import start_ledger
-from pipelines.report import build_report, merge_batch_stats, write_report
+from pipelines.report import InputSummary, RunResult, build_report, merge_batch_stats, write_report
+from pipelines.report_html import write_report_html
 from pipelines.run_dir import RUN_IDENTITY, OutputExists, RunDirectory, is_finished, open_run_directory
 from pipelines.shard_ids import plan_resume, read_shard_ids
 from pipelines.shards import ShardSet, discover
@@ -45,20 +46,11 @@ from stages.decode import DecodeStage
 from stages.engines.api import Engine
 from stages.judge import JudgeStage
 from stages.label import LabelStage
-from stages.normalize import CANONICAL_TYPES, NormalizeStage
-from stages.write import WriteStage, complete_outputs
+from stages.normalize import NormalizeStage, canonical_types
+from stages.media.fetch import load_media_bytes
+from stages.write import MediaReader, WriteStage, complete_outputs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunResult:
-    output: str
-    report: dict[str, Any]
-
-    @property
-    def succeeded(self) -> bool:
-        return self.report["status"] in ("succeeded", "nothing_new")
 
 
 def build_stages(
@@ -70,11 +62,23 @@ def build_stages(
     fmt = cfg.judging_format()
     return [
         NormalizeStage(fmt, cfg.input, batch_size=cfg.decode_batch_size, skip_ids=skip_ids, row_hash=row_hash),
-        DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size),
+        DecodeStage(cfg.media, cfg.input, batch_size=cfg.decode_batch_size, columns=fmt.media),
         JudgeStage(fmt, cfg.judge, engine_factory=engine_factory),
         LabelStage(fmt, cfg.filter),
-        WriteStage(cfg.output.path, fmt, batch_size=cfg.output.rows_per_file),
+        WriteStage(cfg.output.path, fmt, batch_size=cfg.output.rows_per_file,
+                   embed_media=media_reader(cfg) if cfg.output.embed_media else None),
     ]
+
+
+def media_reader(cfg: RunConfig) -> MediaReader:
+    """Media bytes as the decode stage reads them, under the same media roots, schemes and size
+    bound: what preferences/ embeds (`output.embed_media`) and report.html shows."""
+    return functools.partial(
+        load_media_bytes,
+        media_roots=cfg.input.media_roots,
+        allowed_schemes=cfg.input.allowed_schemes,
+        max_bytes=cfg.media.max_media_bytes,
+    )
 
 
 def check_stage_chain(stages: list[Stage], initial: set[str]) -> None:
@@ -87,16 +91,21 @@ def check_stage_chain(stages: list[Stage], initial: set[str]) -> None:
         available |= set(stage.adds)
 
 
-def run_curation(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = None) -> RunResult:
+def run_curation(
+    cfg: RunConfig, engine_factory: Callable[[], Engine] | None = None, progress_bar: TextIO | None = None
+) -> RunResult:
     """Run the job; with `incremental.enabled`, first the night a failed or killed attempt left
-    unfinished (in its own partition), then tonight's new shards, into tonight's partition."""
+    unfinished (in its own partition), then tonight's new shards, into tonight's partition.
+
+    `progress_bar`: a terminal to draw one progress bar on; None logs a progress line every 30 s.
+    """
     shards: ShardSet = discover(cfg.input.paths, cfg.judging_format(), cfg.input)
     if not cfg.incremental.enabled:
-        return _run(cfg, shards, engine_factory)
+        return _run(cfg, shards, engine_factory, progress_bar)
     state = load_state(cfg.incremental.state)
     unfinished = unfinished_night(state, shards)
     if unfinished is not None:
-        result = _run_night(cfg, unfinished, state, engine_factory, resuming=True)
+        result = _run_night(cfg, unfinished, state, engine_factory, resuming=True, progress_bar=progress_bar)
         tonight = night_date(cfg.incremental)
         if not result.succeeded:
             log.warning("incremental: night %s is still unfinished (%s); no new night starts until it succeeds",
@@ -109,11 +118,16 @@ def run_curation(cfg: RunConfig, engine_factory: Callable[[], Engine] | None = N
         return RunResult(output=partition(cfg.output.path, plan.run_date),
                          report={"status": "nothing_new", "unchanged_shards": len(plan.unchanged)})
     log.info("incremental: %d new or changed shards, %d unchanged", len(plan.shards.paths), len(plan.unchanged))
-    return _run_night(cfg, plan, state, engine_factory, resuming=False)
+    return _run_night(cfg, plan, state, engine_factory, resuming=False, progress_bar=progress_bar)
 
 
 def _run_night(
-    cfg: RunConfig, plan: NightPlan, state: dict[str, Any], engine_factory: Callable[[], Engine] | None, resuming: bool
+    cfg: RunConfig,
+    plan: NightPlan,
+    state: dict[str, Any],
+    engine_factory: Callable[[], Engine] | None,
+    resuming: bool,
+    progress_bar: TextIO | None = None,
 ) -> RunResult:
     """One night into its partition: named as running in the state first, recorded once finished."""
     night = cfg.model_copy(deep=True)
@@ -128,7 +142,7 @@ def _run_night(
     else:
         begin_night(cfg.incremental.state, state, plan, night.output.path)
     try:
-        result = _run(night, plan.shards, engine_factory)
+        result = _run(night, plan.shards, engine_factory, progress_bar)
     except OutputExists as exc:
         if not resuming:
             raise
@@ -142,9 +156,11 @@ def _run_night(
     return result
 
 
-def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] | None) -> RunResult:
+def _run(
+    cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] | None, progress_bar: TextIO | None
+) -> RunResult:
     started = time.time()
-    check_stage_chain(build_stages(cfg, engine_factory)[1:], set(CANONICAL_TYPES))
+    check_stage_chain(build_stages(cfg, engine_factory)[1:], set(canonical_types(cfg.judging_format())))
     run_dir = open_run_directory(cfg, shards.paths)
     if run_dir.resumed_batches:
         log.info("resuming: %d committed batches (%d rows) kept, %d orphan files removed",
@@ -160,7 +176,8 @@ def _run(cfg: RunConfig, shards: ShardSet, engine_factory: Callable[[], Engine] 
             log.info("resuming: %d of %d shards have rows left; %d of their ids are already done",
                      len(resume.unfinished), len(shards.paths), len(resume.skip_ids))
         stages = build_stages(cfg, engine_factory, skip_ids=resume.skip_ids, row_hash=ids.needs_row_hash)
-        return _stream(cfg, shards, run_dir, stages, resume.unfinished, ids.needs_row_hash, started, len(duplicates))
+        return _stream(cfg, shards, run_dir, stages, resume.unfinished, ids.needs_row_hash, started,
+                       len(duplicates), progress_bar)
     except Exception as exc:  # the run started: what it committed stays, a rerun resumes from there
         log.exception("the run stopped before finishing")
         raise RunInterrupted(
@@ -178,21 +195,22 @@ def _stream(
     row_hash: bool,
     started: float,
     duplicates: int,
+    progress_bar: TextIO | None,
 ) -> RunResult:
     """Stream the plan over the shards with rows left (the write stage commits batch by batch), then
     report on all of them; the run has started."""
     metrics, ledger = start_metrics(), start_ledger()
     try:
         if unfinished:
-            dataset = read_rows(unfinished, shards.filesystem, cfg.decode_batch_size, row_hash=row_hash)
+            dataset = read_rows(unfinished, shards.filesystem, cfg.decode_batch_size, shards.schema, row_hash=row_hash)
             for stage in stages:
                 dataset = apply_stage(dataset, stage, metrics, ledger)
-            progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics)
+            progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics, bar=progress_bar)
             with PoolWatch(ledger, cfg.judge.replica_down_timeout_s).watching():
                 for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
                     # The write stage commits as it goes; the report reads its tallies back from the manifests.
                     progress.batch_written(batch.column("stats").to_pylist())
-        stage_metrics = ray.get(metrics.snapshot.remote())
+        stage_metrics, timeline = ray.get([metrics.snapshot.remote(), metrics.timeline.remote()])
         pool = ray.get(ledger.counts.remote())
     finally:
         ray.kill(metrics)
@@ -203,16 +221,21 @@ def _stream(
     complete_outputs(run_dir.filesystem, run_dir.root, cfg.judging_format())
     report = build_report(
         cfg=cfg,
-        shards=shards,
+        inputs=InputSummary.of(shards),
         totals=totals,
         stage_metrics=stage_metrics,
         started=started,
         finished=time.time(),
+        timeline=timeline,
     )
     report["judge"].update(pool)
     report["resumed"] = {"committed_batches": run_dir.resumed_batches, "committed_rows": len(run_dir.committed_ids)}
     report["duplicate_ids"] = duplicates
     write_report(run_dir.filesystem, f"{run_dir.root}/report.json", report)
+    try:
+        write_report_html(run_dir.filesystem, run_dir.root, report, cfg, media_reader(cfg))
+    except Exception:  # report.json is the record; its page must not fail a finished run
+        log.exception("report.html could not be written; report.json is complete")
     if report["status"] == "succeeded":
         run_dir.mark_success()
     return RunResult(output=cfg.output.path, report=report)

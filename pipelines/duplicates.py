@@ -33,8 +33,9 @@ def settle_duplicates(cfg: RunConfig, shards: ShardSet, duplicates: dict[str, in
     normalize = NormalizeStage(fmt, cfg.input)
     wanted = pa.array(sorted(duplicates), pa.string())
     parts = []
+    schema = shards.schema
     for path in shards.paths:
-        table = pq.read_table(path, filesystem=shards.filesystem)
+        table = pq.read_table(path, filesystem=shards.filesystem, schema=schema)
         if id_column not in table.column_names:
             continue
         rows = table.filter(pc.fill_null(pc.is_in(given_ids(table.column(id_column)), value_set=wanted), False))

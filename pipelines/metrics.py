@@ -1,7 +1,8 @@
-"""The run's per-stage totals: a small actor every stage's batches report to; the progress log and
-the run report read it."""
+"""The run's per-stage totals and rows-per-second timeline: a small actor every stage's batches report
+to; the progress log and the run report read it."""
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -16,6 +17,8 @@ class StageMetrics:
 
     def __init__(self) -> None:
         self.totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        # stage -> unix second a batch finished in -> rows: how throughput moved during the run
+        self.finished: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
 
     def record(self, stage: str, rows: int, seconds: float, new_errors: int) -> None:
         entry = self.totals[stage]
@@ -23,9 +26,13 @@ class StageMetrics:
         entry["rows"] += rows
         entry["seconds"] += seconds
         entry["errors"] += new_errors
+        self.finished[stage][int(time.time())] += rows
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {stage: dict(values) for stage, values in self.totals.items()}
+
+    def timeline(self) -> dict[str, dict[int, int]]:
+        return {stage: dict(seconds) for stage, seconds in self.finished.items()}
 
 
 def start_metrics() -> Any:

@@ -1,9 +1,15 @@
 """Find the input shards and check them on the driver, before any worker or GPU is asked for.
 
 Reading only Parquet footers, every shard is checked for the columns its mode needs and against the
-shards before it; a shard that cannot be opened, lacks a column or disagrees with an earlier shard
-on a column's type fails the run here, naming the shard and the column, unless
-`input.skip_bad_shards` lists and skips it (report.json's `skipped_shards`).
+shards before it; a shard that cannot be opened, lacks a column or has a column no type read so far
+can hold fails the run here, naming the shard and the column, unless `input.skip_bad_shards` lists
+and skips it (report.json's `skipped_shards`).
+
+Shards come from many writers (`datasets`, polars, DuckDB, pandas, Spark) that spell one logical
+type differently: large or view strings and binaries, dictionary-encoded strings, non-nullable
+fields, a media struct whose `path` is typed `null`, int ids beside string ids. Checks compare
+logical types (`logical_type`), and the shards are read as one schema (`read_schema`) that every
+shard casts to, so a directory mixing writers runs as one input.
 """
 from __future__ import annotations
 
@@ -16,7 +22,6 @@ from pyarrow import fs as pafs
 
 from pipelines.config import InputConfig
 from stages.formats.base import JudgingFormat
-from stages.rows import MODALITIES
 from stages.storage.files import filesystem_for
 
 _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
@@ -31,6 +36,7 @@ class ShardSet:
     filesystem: pafs.FileSystem
     row_counts: dict[str, int]  # path -> rows, from the Parquet footers
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why
+    schemas: dict[str, pa.Schema] = field(default_factory=dict)  # path -> its footer's schema
 
     @property
     def paths(self) -> list[str]:
@@ -40,8 +46,18 @@ class ShardSet:
     def rows(self) -> int:
         return sum(self.row_counts.values())
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The one schema these shards are read as (see `read_schema`)."""
+        return read_schema({p: self.schemas[p] for p in self.row_counts if p in self.schemas})
+
     def only(self, paths: list[str]) -> "ShardSet":
-        return ShardSet(self.filesystem, {p: self.row_counts[p] for p in paths}, self.skipped)
+        return ShardSet(
+            self.filesystem,
+            {p: self.row_counts[p] for p in paths},
+            self.skipped,
+            {p: self.schemas[p] for p in paths if p in self.schemas},
+        )
 
 
 def _is_glob(path: str) -> bool:
@@ -73,20 +89,99 @@ def expand(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     return filesystem, [path]
 
 
+def logical_type(data_type: pa.DataType) -> pa.DataType:
+    """The type a value is, whatever its writer's spelling: dictionaries read as their values, string
+    and binary views as plain strings and binaries, nested fields nullable (polars and DuckDB mark
+    fields non-nullable, others do not)."""
+    if pa.types.is_dictionary(data_type):
+        return logical_type(data_type.value_type)
+    if pa.types.is_string_view(data_type):
+        return pa.string()
+    if pa.types.is_binary_view(data_type):
+        return pa.binary()
+    if pa.types.is_struct(data_type):
+        return pa.struct([pa.field(f.name, logical_type(f.type)) for f in data_type])
+    if pa.types.is_large_list(data_type) or pa.types.is_large_list_view(data_type):
+        return pa.large_list(logical_type(data_type.value_type))
+    if pa.types.is_list(data_type) or pa.types.is_list_view(data_type) or pa.types.is_fixed_size_list(data_type):
+        return pa.list_(logical_type(data_type.value_type))
+    return data_type
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+
+
+def merge_types(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """One type both logical types read as without loss, or None when there is none.
+
+    Arrow's permissive promotion: null takes the other type, string and large_string read as
+    large_string, string and binary as binary, int32 and int64 as int64, struct fields merged by
+    name (a media struct's `null` path with a string path is a string path). Beyond it, an integer
+    beside text reads as text: shards that spell ids as numbers beside shards that spell them as
+    strings.
+    """
+    if a == b:
+        return a
+    if (pa.types.is_integer(a) and _is_text(b)) or (_is_text(a) and pa.types.is_integer(b)):
+        return b if _is_text(b) else a
+    try:
+        unified = pa.unify_schemas([pa.schema([("c", a)]), pa.schema([("c", b)])], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return unified.field("c").type
+
+
+def read_schema(schemas: dict[str, pa.Schema]) -> pa.Schema:
+    """The schema every shard is read as: each column's logical types merged across shards (columns
+    in first-seen order, all nullable: a shard without a column reads it as nulls). Raises
+    ShardError naming the column and two shards whose types cannot be merged."""
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]] = {}
+    for path, schema in schemas.items():
+        merged = _merged_with(merged, path, schema)
+    return pa.schema([pa.field(name, kind) for name, (kind, _, _) in merged.items()])
+
+
+def _merged_with(
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]], path: str, schema: pa.Schema
+) -> dict[str, tuple[pa.DataType, str, pa.DataType]]:
+    """`merged` (column -> (type so far, first shard, its type)) with one more shard's columns merged
+    in, as a new dict; ShardError naming the column and both shards when no type holds both."""
+    merged = dict(merged)
+    for column in schema:
+        kind = logical_type(column.type)
+        if column.name not in merged:
+            merged[column.name] = (kind, path, column.type)
+            continue
+        current, first, first_type = merged[column.name]
+        unified = merge_types(current, kind)
+        if unified is None:
+            raise ShardError(
+                f"column '{column.name}' is {first_type} in shard {first} but {column.type} in shard {path}, "
+                "and no type holds both; write the shards with one type for it"
+            )
+        merged[column.name] = (unified, first, first_type)
+    return merged
+
+
 def check_schema(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: InputConfig) -> None:
     mapping = input_cfg.column_mapping()
-    for column in fmt.required_columns(mapping):
+    canonical = {mapping.get(name, name): name for name in (*fmt.columns(), "responses")}
+    for column in fmt.required_columns(mapping, schema.names):
         if column not in schema.names:
             raise ShardError(f"shard {path}: missing required column '{column}' (mode {fmt.mode}; have {schema.names})")
-        field_type = schema.field(column).type
-        wants_list = column == mapping.get("responses")
+        if canonical.get(column) in fmt.media:
+            continue  # checked with the other media columns
+        field_type = logical_type(schema.field(column).type)
+        wants_list = column == mapping.get("responses", "responses") or canonical.get(column) in fmt.answer_types
         ok = pa.types.is_list(field_type) or pa.types.is_large_list(field_type) if wants_list else any(t(field_type) for t in _TEXT_TYPES)
         if not ok:
-            expected = "a list of 2 strings" if wants_list else "string"
+            expected = "a list of strings" if wants_list else "string"
             raise ShardError(f"shard {path}: column '{column}' has type {field_type}, expected {expected}")
 
 
 def _media_type_ok(field_type: pa.DataType) -> bool:
+    field_type = logical_type(field_type)
     if pa.types.is_null(field_type) or any(t(field_type) for t in _TEXT_TYPES):
         return True
     if not pa.types.is_struct(field_type):
@@ -97,9 +192,9 @@ def _media_type_ok(field_type: pa.DataType) -> bool:
     return bool({"bytes", "path"} & set(names)) and bytes_ok and path_ok
 
 
-def check_media_columns(path: str, schema: pa.Schema, input_cfg: InputConfig) -> None:
+def check_media_columns(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: InputConfig) -> None:
     mapping = input_cfg.column_mapping()
-    for canonical in MODALITIES:
+    for canonical in fmt.media:
         column = mapping.get(canonical, canonical)
         if column in schema.names and not _media_type_ok(schema.field(column).type):
             raise ShardError(
@@ -108,34 +203,21 @@ def check_media_columns(path: str, schema: pa.Schema, input_cfg: InputConfig) ->
             )
 
 
-def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
-    both_text = any(t(a) for t in _TEXT_TYPES) and any(t(b) for t in _TEXT_TYPES)
-    return a == b or pa.types.is_null(a) or pa.types.is_null(b) or both_text
-
-
 def check_consistent(schemas: dict[str, pa.Schema], skip_bad_shards: bool = False) -> dict[str, str]:
-    """Shards of one run must agree on each column's type (Ray cannot read them as one dataset).
+    """Shards of one run must agree on each column's logical type (they are read as one schema).
 
-    A shard that disagrees with an earlier one fails the run, or with `skip_bad_shards` is left out:
-    returns path -> why for each shard left out. Later shards are checked against the kept ones only.
+    A shard whose column no type read so far can hold fails the run, or with `skip_bad_shards` is left
+    out: returns path -> why for each shard left out. Later shards are checked against the kept ones.
     """
-    seen: dict[str, tuple[pa.DataType, str]] = {}
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]] = {}
     skipped: dict[str, str] = {}
     for path, schema in schemas.items():
-        conflicts = [
-            f"column '{column.name}' is {seen[column.name][0]} in shard {seen[column.name][1]} but {column.type} "
-            f"in shard {path}"
-            for column in schema
-            if column.name in seen and not _compatible(seen[column.name][0], column.type)
-        ]
-        if conflicts and not skip_bad_shards:
-            raise ShardError(f"{conflicts[0]}; write the shards with one schema (or pass --skip-bad-shards)")
-        if conflicts:
-            skipped[path] = "; ".join(conflicts)
-            continue
-        for column in schema:
-            if column.name not in seen or pa.types.is_null(seen[column.name][0]):
-                seen[column.name] = (column.type, path)
+        try:
+            merged = _merged_with(merged, path, schema)
+        except ShardError as exc:
+            if not skip_bad_shards:
+                raise ShardError(f"{exc} (or pass --skip-bad-shards)") from None
+            skipped[path] = str(exc)
     return skipped
 
 
@@ -159,7 +241,7 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
                 metadata = pq.read_metadata(path, filesystem=fs_here)
                 schema = metadata.schema.to_arrow_schema()
                 check_schema(path, schema, fmt, input_cfg)
-                check_media_columns(path, schema, input_cfg)
+                check_media_columns(path, schema, fmt, input_cfg)
             except Exception as exc:
                 problem = str(exc) if isinstance(exc, ShardError) else f"shard {path}: unreadable ({type(exc).__name__}: {exc})"
                 if not input_cfg.skip_bad_shards:
@@ -174,4 +256,5 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
         del good[path]
     if not good:
         raise ShardError(f"no readable shards among {len(skipped)} inputs: " + "; ".join(skipped.values()))
-    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped)
+    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped,
+                    schemas={path: schema for path, schema in schemas.items() if path in good})

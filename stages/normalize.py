@@ -20,19 +20,19 @@ from stages.base import Settlement, Stage, with_columns
 from stages.config import ConfigSection
 from stages.formats.base import JudgingFormat
 from stages.formats.registry import FORMATS
-from stages.rows import DROP_REASON, ERROR_COLUMNS, MEDIA_TYPE, MODALITIES, RowRejected, describe_exception
+from stages.rows import DROP_REASON, ERROR_COLUMNS, RowRejected, describe_exception
 
-# Every format's answer columns, in registry order: each normalized block carries all of them.
-ANSWER_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(c for fmt in FORMATS.values() for c in fmt.answer_columns))
-TEXT_COLUMNS: tuple[str, ...] = ("question", *ANSWER_COLUMNS)
-# Canonical name -> its Arrow type; the columns later stages rely on, in output order.
-CANONICAL_TYPES: dict[str, pa.DataType] = {
-    "id": pa.string(),
-    **{column: pa.string() for column in TEXT_COLUMNS},
-    **{column: MEDIA_TYPE for column in MODALITIES},
-    **ERROR_COLUMNS,
-    DROP_REASON: pa.string(),
-}
+# Every canonical column any format reads (what `input.columns` may map onto), `responses` besides:
+# a list column holding a pair's two answers (pairwise) or all of a row's answers (ranking).
+CANONICAL_NAMES: frozenset[str] = frozenset({"id", "responses", *(c for fmt in FORMATS.values() for c in fmt.columns())})
+
+
+def canonical_types(fmt: JudgingFormat) -> dict[str, pa.DataType]:
+    """The columns a normalized block of this format carries (the ones later stages rely on), in
+    output order: the id, the format's columns, the outcome columns."""
+    return {"id": pa.string(), **fmt.columns(), **ERROR_COLUMNS, DROP_REASON: pa.string()}
+
+
 DROP_CONTROL_CHARACTERS = "control_characters"
 # Ray Data's `read_parquet(include_row_hash=True)` column: a uint64 hash of the shard's path and the
 # row's position in it. Rows without an id of their own are known by it.
@@ -43,6 +43,13 @@ PRESETS: dict[str, dict[str, str]] = {
     "vl_rewardbench": {"id": "id", "question": "query", "image": "image", "responses": "response"},
     # openbmb/RLAIF-V-Dataset: already a preference set; re-judging it audits its labels.
     "rlaif_v": {"question": "question", "image": "image", "response_a": "chosen", "response_b": "rejected"},
+    # MLLM-as-a-Judge pair data (Dongping-Chen/MLLM-Judge): images by path (set input.media_roots).
+    "mllm_judge": {"question": "instruction", "response_a": "answer1", "response_b": "answer2", "image": "image_path"},
+    # TIGER-Lab/GenAI-Bench (mode: choice), configs image_generation and video_generation: `prompt`,
+    # `left_image` / `right_image` or `left_video` / `right_video`; `vote_type` the label.
+    "genai_bench": {"question": "prompt"},
+    # Its image_edition config: the source image, three editing prompts and the two edited images.
+    "genai_bench_edition": {"left_image": "left_output_image", "right_image": "right_output_image"},
 }
 
 
@@ -66,7 +73,7 @@ class ColumnsConfig(ConfigSection):
     @field_validator("columns")
     @classmethod
     def _known_targets(cls, value: dict[str, str]) -> dict[str, str]:
-        allowed = {"id", *TEXT_COLUMNS, *MODALITIES, "responses"}
+        allowed = CANONICAL_NAMES
         unknown = sorted(set(value) - allowed)
         if unknown:
             raise ValueError(f"unknown canonical column(s) {unknown}; expected some of {sorted(allowed)}")
@@ -188,7 +195,10 @@ class NormalizeStage(Stage):
         self.mapping = settings.column_mapping()
         self.drop_control_characters = settings.drop_control_characters
         self.batch_size = batch_size
-        self.adds = dict(CANONICAL_TYPES)
+        self.adds = canonical_types(fmt)
+        # Columns holding text the judge reads (some rows' only): their values are checked, and kept
+        # writable whatever their form when a row fails.
+        self.texts = [c for c, kind in fmt.columns().items() if kind == pa.string()]
 
     def process(self, table: pa.Table) -> pa.Table:
         source_names = {*self.mapping.values(), *([ROW_HASH] if self.row_hash else [])}
@@ -202,10 +212,10 @@ class NormalizeStage(Stage):
             kept = [i for i, (row, _) in enumerate(rows) if row["id"] not in self.skip_ids]
             table, rows = table.take(pa.array(kept, pa.int64())), [rows[i] for i in kept]
         # Error columns a shard may carry are replaced too: only this run's stages settle rows.
-        out = {column: [row.get(column) for row, _ in rows] for column in CANONICAL_TYPES}
+        out = {column: [row.get(column) for row, _ in rows] for column in self.adds}
         # User columns that were renamed are replaced by their canonical names; others pass through.
-        keep = [c for c in table.column_names if c not in source_names and c not in CANONICAL_TYPES]
-        normalized = with_columns(table.select(keep), out, CANONICAL_TYPES)
+        keep = [c for c in table.column_names if c not in source_names and c not in self.adds]
+        normalized = with_columns(table.select(keep), out, self.adds)
         settlement = Settlement(normalized)
         for index, (_, error) in enumerate(rows):
             if error is not None:
@@ -215,8 +225,8 @@ class NormalizeStage(Stage):
     def _sources(self, table: pa.Table) -> pa.Table:
         """The columns this stage reads, strings viewed as bytes: Parquet writers that skip UTF-8
         validation exist, and one bad value must fail its row, not the whole batch."""
-        names = {self.mapping.get(c, c) for c in (*TEXT_COLUMNS, *MODALITIES, "responses")}
-        texts = {self.mapping.get(c, c) for c in TEXT_COLUMNS}
+        names = {self.mapping.get(c, c) for c in (*self.adds, "responses")}
+        texts = {self.mapping.get(c, c) for c in self.texts}
         sources = table.select([c for c in table.column_names if c in names])
         for index, field in enumerate(sources.schema):
             if field.name in texts and (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
@@ -230,22 +240,31 @@ class NormalizeStage(Stage):
         error: Exception | None = None
         get = lambda name: raw.get(self.mapping.get(name, name))  # noqa: E731
         try:
-            for column in MODALITIES:
+            for column in self.fmt.media:
                 row[column] = as_media_struct(get(column))
-            row["question"] = get("question")
+            for column in self.fmt.texts:
+                row[column] = get(column)
             row.update(self.fmt.answers(get, self.mapping))
+            self.fmt.check_row(row)
             self._check_text(row)
         except Exception as exc:  # a bad row is data: it goes to errors/ and the batch goes on
             error = exc
-        for column in TEXT_COLUMNS:  # keep a failed row's text writable, whatever its form
+        for column in self.texts:  # keep a failed row's text writable, whatever its form
             row[column] = printable_text(row.get(column))
+        for column in self.fmt.answer_types:  # and its answer lists
+            values = row.get(column)
+            row[column] = [printable_text(v) for v in values] if isinstance(values, (list, tuple)) else None
         return row, error
 
     def _check_text(self, row: dict[str, Any]) -> None:
-        judged = ("question", *self.fmt.answer_columns)
+        judged = self.fmt.judged_texts(row)
         for column in judged:
             row[column] = as_text(row[column], column)
-        if self.drop_control_characters and any(control_characters(row[column]) for column in judged):
+        self.fmt.check_answers(row, as_text)
+        texts = [row[column] for column in judged] + [
+            text for column in self.fmt.answer_types for text in row.get(column) or []
+        ]
+        if self.drop_control_characters and any(control_characters(text) for text in texts):
             row[DROP_REASON] = DROP_CONTROL_CHARACTERS
             return
-        row[DROP_REASON] = self.fmt.drop_before_judging({c: row[c] for c in self.fmt.answer_columns})
+        row[DROP_REASON] = self.fmt.drop_before_judging(row)

@@ -13,8 +13,11 @@ from typing import Any
 
 import pyarrow as pa
 
-# The media a row may carry; each is a canonical column of that name.
+# The kinds of media a judge takes.
 MODALITIES: tuple[str, ...] = ("image", "audio", "video")
+# Media column -> modality of a row with one medium per modality, in columns named after it (every
+# format but choice and MOS).
+DEFAULT_MEDIA: dict[str, str] = {modality: modality for modality in MODALITIES}
 # One media value as every stage after normalize holds it (Hugging Face `datasets`' layout).
 MEDIA_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +22,7 @@ from pydantic import Field
 from stages.base import Stage, column_or_nulls
 from stages.config import ConfigSection
 from stages.formats.base import JUDGMENT_FIELDS, JudgingFormat
+from stages.formats.verdicts import Verdict
 from stages.rows import (
     DROP_REASON,
     DROPPED,
@@ -32,12 +34,22 @@ from stages.rows import (
     OUTCOMES,
     outcome_of,
 )
+from stages.decode import decoded_columns
 from stages.storage.commit import commit_batch
+from stages.storage.features import with_media_features
 from stages.storage.files import filesystem_for, write_atomically
 
+log = logging.getLogger(__name__)
 JUDGMENTS = "judgments"
+VERDICT_TALLIES = "verdict_tallies"  # JudgingFormat.tally summed over the batch's rows
 PREFERENCES = "preferences"
 STATS_TYPE = pa.string()
+THRESHOLD_VALUES = "threshold_values"  # batch stats: value of the format's threshold column -> rows
+# The pipeline's own columns, never written as row columns: raw verdicts (judgments/ has them) and
+# decoded media (the judge drops them; a row settled before it may still carry them).
+
+# Reads one media value's encoded bytes (`stages.media.fetch.load_media_bytes` with the run's roots).
+MediaReader = Callable[[Any], "bytes | None"]
 
 
 class OutputConfig(ConfigSection):
@@ -48,17 +60,26 @@ class OutputConfig(ConfigSection):
         gt=0,
         description="Rows per written file and per commit: an interrupted run redoes at most this many rows per writer.",
     )
+    embed_media: bool = Field(
+        default=True,
+        description="Embed media that came in by path as bytes in preferences/ (the path stays in `path`), so a "
+        "preference set is self-contained when it leaves the cluster.",
+    )
 
 
 class WriteStage(Stage):
     name = "write"
     num_cpus = 0.5
 
-    def __init__(self, output_path: str, fmt: JudgingFormat, batch_size: int = 256) -> None:
+    def __init__(
+        self, output_path: str, fmt: JudgingFormat, batch_size: int = 256, embed_media: MediaReader | None = None
+    ) -> None:
         self.output_path = output_path.rstrip("/")
         self.fmt = fmt
         self.batch_size = batch_size
+        self.embed_media = embed_media
         self.adds = {"stats": STATS_TYPE}
+        self.internal = frozenset({JUDGMENTS, *decoded_columns(fmt.media)})
 
     def setup(self) -> None:
         self._fs, self._root = filesystem_for(self.output_path)
@@ -68,7 +89,7 @@ class WriteStage(Stage):
             self.setup()
         errors, drops = column_or_nulls(table, ERROR_STAGE), column_or_nulls(table, DROP_REASON)
         outcome = [outcome_of(e, d) for e, d in zip(errors, drops)]
-        visible = [c for c in table.column_names if not c.startswith("_") and c != JUDGMENTS]
+        visible = [c for c in table.column_names if c not in self.internal]
         ids = table.column("id").to_pylist()
         # Named by its rows: a batch Ray writes again (a task re-executed after its node was lost)
         # replaces its own files and manifest instead of committing its rows a second time.
@@ -77,8 +98,9 @@ class WriteStage(Stage):
         for name in OUTCOMES:
             indices = [i for i, o in enumerate(outcome) if o == name]
             columns = [c for c in visible if not _hidden_in(name, c)]
-            parts[name] = table.select(columns).take(pa.array(indices, pa.int64()))
-        preferences = self.fmt.preference_rows(parts[KEPT])
+            part = table.select(columns).take(pa.array(indices, pa.int64()))
+            parts[name] = part.replace_schema_metadata(with_media_features(part.schema, self.fmt.media).metadata)
+        preferences = self.fmt.preference_rows(self._embedded(parts[KEPT]))
         if preferences is not None:
             parts[PREFERENCES] = preferences
         if JUDGMENTS in table.column_names:
@@ -88,9 +110,37 @@ class WriteStage(Stage):
             if part.num_rows:
                 files.append(f"{name}/part-{batch}.parquet")
                 write_atomically(self._fs, f"{self._root}/{files[-1]}", part)
-        stats = batch_stats(table, outcome, self.fmt.histograms)
+        stats = batch_stats(table, outcome, self.fmt)
         commit_batch(self._fs, self._root, batch, files, ids, stats)
         return pa.table({"stats": [json.dumps(stats)]})
+
+
+    def _embedded(self, kept: pa.Table) -> pa.Table:
+        """`kept` with media that came in by path read into `bytes` (the path kept), when embedding is on."""
+        if self.embed_media is None:
+            return kept
+        for column in self.fmt.media:
+            if column not in kept.column_names:
+                continue
+            values = kept.column(column).to_pylist()
+            if not any(v and v.get("bytes") is None and v.get("path") for v in values):
+                continue
+            embedded = [
+                {"bytes": self._read(v), "path": v["path"]} if v and v.get("bytes") is None and v.get("path") else v
+                for v in values
+            ]
+            index = kept.schema.get_field_index(column)
+            kept = kept.set_column(index, kept.schema.field(index), pa.array(embedded, kept.schema.field(index).type))
+        return kept
+
+    def _read(self, value: dict[str, Any]) -> bytes | None:
+        """The bytes of a judged row's media; None (path only) if they cannot be read again now."""
+        assert self.embed_media is not None
+        try:
+            return self.embed_media(value)
+        except Exception:  # the row was judged from these bytes: it stays kept, its pair keeps the path
+            log.warning("could not embed %s in preferences/; the pair keeps the path", value.get("path"), exc_info=True)
+            return None
 
 
 def _hidden_in(outcome: str, column: str) -> bool:
@@ -117,9 +167,11 @@ def _histogram(values: list[float | None], width: float) -> dict[str, int]:
     return dict(counts)
 
 
-def batch_stats(table: pa.Table, outcome: list[str], histograms: dict[str, float]) -> dict[str, Any]:
+def batch_stats(table: pa.Table, outcome: list[str], fmt: JudgingFormat) -> dict[str, Any]:
     """The batch's tallies (summed into report.json): outcomes, reasons, kept rows' score histograms
-    (`histograms`: column -> bin width), judge requests and tokens."""
+    (the format's `histograms`: column -> bin width), the values its threshold rule saw (kept rows
+    and rows that rule dropped, for the report's keep-rate curve), judge requests and tokens, the
+    format's verdict tallies."""
     errors = column_or_nulls(table, ERROR_STAGE)
     reasons = column_or_nulls(table, ERROR_REASON)
     drops = column_or_nulls(table, DROP_REASON)
@@ -131,9 +183,14 @@ def batch_stats(table: pa.Table, outcome: list[str], histograms: dict[str, float
         "error_stages": dict(Counter(e for e in errors if e is not None)),
         "error_reasons": dict(Counter(r for e, r in zip(errors, reasons) if e is not None)),
     }
-    for column, width in histograms.items():
+    for column, width in fmt.histograms.items():
         values = column_or_nulls(table, column)
         stats[f"hist_{column}"] = _histogram([v for v, k in zip(values, kept) if k], width)
+    rule = fmt.threshold_rule
+    if rule is not None:
+        values = column_or_nulls(table, rule.column)
+        swept = [v for v, k, d in zip(values, kept, drops) if v is not None and (k or d == rule.reason)]
+        stats[THRESHOLD_VALUES] = dict(Counter(f"{v:.6g}" for v in swept))
     if JUDGMENTS in table.column_names:
         flat = table.column(JUDGMENTS).combine_chunks().flatten()
         names = flat.type.names if hasattr(flat.type, "names") else [f.name for f in flat.type]
@@ -141,6 +198,11 @@ def batch_stats(table: pa.Table, outcome: list[str], histograms: dict[str, float
             if key in names:
                 stats[key] = int(pc.sum(flat.field(key)).as_py() or 0)
         stats["requests"] = len(flat)
+        tallies: Counter[str] = Counter()
+        for judgments in table.column(JUDGMENTS).to_pylist():
+            if judgments:
+                tallies.update(fmt.tally([Verdict.from_dict(j) for j in judgments]))
+        stats[VERDICT_TALLIES] = dict(tallies)
     return stats
 
 
@@ -161,9 +223,11 @@ def complete_outputs(filesystem: pafs.FileSystem, root: str, fmt: JudgingFormat)
     row_schema = _first_schema(filesystem, root) or pa.schema([("id", pa.string())])
     base = [f for f in row_schema if f.name not in ERROR_COLUMNS and f.name != DROP_REASON]
     schemas = {
-        KEPT: pa.schema(base),
-        DROPPED: pa.schema([*base, pa.field(DROP_REASON, pa.string())]),
-        ERRORS: pa.schema([*base, *(pa.field(name, kind) for name, kind in ERROR_COLUMNS.items())]),
+        KEPT: with_media_features(pa.schema(base), fmt.media),
+        DROPPED: with_media_features(pa.schema([*base, pa.field(DROP_REASON, pa.string())]), fmt.media),
+        ERRORS: with_media_features(
+            pa.schema([*base, *(pa.field(name, kind) for name, kind in ERROR_COLUMNS.items())]), fmt.media
+        ),
         JUDGMENTS: pa.schema([pa.field("id", pa.string()), *JUDGMENT_FIELDS]),
     }
     preferences = fmt.preference_schema()

@@ -48,6 +48,7 @@ class SimulatedEngine:
         self.latency = latency
         self.max_prompt_chars = max_prompt_chars
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sim-engine")
+        self._seed = seed
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._dead = False
@@ -64,8 +65,11 @@ class SimulatedEngine:
             rejected: Future[Completion] = Future()
             rejected.set_exception(RequestRejected(f"prompt of {len(request.prompt)} chars exceeds {self.max_prompt_chars}"))
             return rejected
-        with self._lock:
-            seconds, tokens = self.latency.sample(self._rng)
+        if request.seed is not None:  # a seeded request decodes for the same time on every run
+            seconds, tokens = self.latency.sample(random.Random(f"{self._seed}:{request.seed}"))
+        else:
+            with self._lock:
+                seconds, tokens = self.latency.sample(self._rng)
         return self._pool.submit(self._serve, request, seconds, tokens)
 
     def _serve(self, request: JudgeRequest, seconds: float, tokens: int) -> Completion:

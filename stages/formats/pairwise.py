@@ -18,9 +18,21 @@ Decision rules, applied in this order; the first failure is the reason:
 Threshold comparisons allow a 1e-9 float tolerance (a margin of 0.9999999999 from averaging
 counts as 1.0); tie detection on means uses the same tolerance.
 Before judging, a pair whose two answers are the same text is dropped (`identical_responses`).
+With `judge.aggregate: vote` the winner is the samples' majority (the paper's k=7 self-consistency);
+scores, margin and the rules' thresholds stay on the mean scores.
+
+Position bias, in every run's report and in evaluation: `order_agreement_rate`, over rows judged in
+both orders, the fraction whose two orders pick the same (non-tie) winner; `first_position_win_rate`,
+over every final verdict with a winner, the fraction won by the answer shown first (0.5: no bias).
+
+Evaluation against human preferences (`evaluate`): a row the human calls a tie is left out of both
+accuracies and counted in `human_ties`; of the rest (`n`), a judge tie, an unparsed verdict or a row
+without a verdict (another error, or dropped before judging) counts as wrong in `accuracy`, and is
+left out of `accuracy_excluding_ties`.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
@@ -28,10 +40,12 @@ import pyarrow as pa
 from pydantic import Field
 
 from stages.config import ConfigSection
-from stages.formats.base import REASON_UNPARSED, JudgingFormat
-from stages.formats.preferences import preference_schema, preference_table
+from stages.formats import position_bias
+from stages.formats.base import REASON_UNPARSED, JudgingFormat, ThresholdRule
+from stages.formats.evaluation import LabelledRow, bootstrap_ci, by_group, cohen_kappa, grid, ratio
+from stages.formats.preferences import preference_row, preference_schema, preference_table
 from stages.formats.prompts import check_user_text, with_media
-from stages.formats.verdicts import EPS, ORDERS, Verdict, final_verdicts, mean
+from stages.formats.verdicts import EPS, ORDERS, Verdict, final_verdicts, mean, plurality
 from stages.rows import DROPPED, ERRORS, KEPT, RowRejected
 
 Winner = Literal["a", "b", "tie"]
@@ -43,11 +57,20 @@ REASON_MARGIN = "margin_below_min"
 REASON_CHOSEN_SCORE = "chosen_score_below_min"
 
 
-class PairwiseRules(ConfigSection):
-    min_margin: float = Field(default=1.0, ge=0, description="Pairwise: chosen minus rejected mean score, at least.")
-    min_chosen_score: float = Field(default=0.0, ge=0, description="Pairwise: chosen mean score, at least.")
+class OrderAgreementRule(ConfigSection):
     require_order_agreement: bool = Field(
-        default=True, description="Pairwise: both orders must pick the same winner."
+        default=True,
+        description="Pairwise, ranking and choice: every verdict (both answer orders, every sample) must pick "
+        "the same winner.",
+    )
+
+
+class PairwiseRules(OrderAgreementRule):
+    min_margin: float = Field(
+        default=1.0, ge=0, description="Pairwise and ranking: chosen minus rejected mean score, at least."
+    )
+    min_chosen_score: float = Field(
+        default=0.0, ge=0, description="Pairwise and ranking: chosen (best) mean score, at least."
     )
 
 
@@ -76,7 +99,9 @@ class PairwiseResult:
     order_agreement: True iff at least one slot parsed and every parsed slot picks the same
         non-tie winner. A tied slot breaks agreement. With only one order judged (swap_order off)
         it means every sample of that order agrees (with one sample: that sample is not a tie).
-    winner: from the means ("tie" when equal within 1e-9; None when nothing parsed).
+    winner: from the means ("tie" when equal within 1e-9; None when nothing parsed); with
+        `judge.aggregate: vote`, the winner most parsed slots picked ("tie" when a, b or tie share
+        the most votes).
     margin: |mean_a - mean_b| (None when nothing parsed).
     unparsed_slots: (order, sample) of slots with no parsed attempt; never counted as ties.
     """
@@ -149,13 +174,15 @@ class PairwiseFormat(JudgingFormat):
         "score_rejected": pa.float64(),
     }
     histograms = {"score_chosen": 1.0, "score_rejected": 1.0, "margin": 1.0}
+    threshold_rule = ThresholdRule("min_margin", "margin", REASON_MARGIN)
+    headline_metrics = ("accuracy", "accuracy_excluding_ties", "cohen_kappa")
 
     # -- columns ---------------------------------------------------------------------------------
 
-    def required_columns(self, mapping: Mapping[str, str]) -> list[str]:
+    def required_columns(self, mapping: Mapping[str, str], present: Sequence[str]) -> list[str]:
         if "responses" in mapping:  # one list column holding both answers
             return [mapping.get("question", "question"), mapping["responses"]]
-        return super().required_columns(mapping)
+        return super().required_columns(mapping, present)
 
     def answers(self, get: Callable[[str], Any], mapping: Mapping[str, str]) -> dict[str, Any]:
         if "responses" not in mapping:
@@ -165,8 +192,8 @@ class PairwiseFormat(JudgingFormat):
             raise RowRejected("invalid_responses", f"expected a list of 2 responses, got {answers!r:.80}")
         return dict(zip(self.answer_columns, answers))
 
-    def drop_before_judging(self, answers: Mapping[str, str]) -> str | None:
-        a, b = (answers[column] for column in self.answer_columns)
+    def drop_before_judging(self, row: Mapping[str, Any]) -> str | None:
+        a, b = (row[column] for column in self.answer_columns)
         return REASON_IDENTICAL if a.strip() == b.strip() else None
 
     # -- requests --------------------------------------------------------------------------------
@@ -233,7 +260,7 @@ class PairwiseFormat(JudgingFormat):
             winner_ab=per_order["ab"],
             winner_ba=per_order["ba"],
             order_agreement=agreement,
-            winner=_winner_of_means(mean_a, mean_b),
+            winner=plurality(winners, tie="tie") if self.vote else _winner_of_means(mean_a, mean_b),
             margin=None if mean_a is None or mean_b is None else abs(mean_a - mean_b),
             n_slots=len(slots),
             n_parsed=len(parsed),
@@ -255,7 +282,7 @@ class PairwiseFormat(JudgingFormat):
             return DROPPED, REASON_CHOSEN_SCORE
         return KEPT, None
 
-    def labels(self, row: Mapping[str, Any], result: PairwiseResult) -> dict[str, Any]:
+    def labels(self, row: Mapping[str, Any], result: PairwiseResult, rules: PairwiseRules) -> dict[str, Any]:
         a, b = (row[column] for column in self.answer_columns)
         a_wins = result.winner == "a"
         return {
@@ -265,8 +292,91 @@ class PairwiseFormat(JudgingFormat):
             "score_rejected": result.rejected_score,
         }
 
+    # -- what the run report and evaluation read -------------------------------------------------
+
+    def tally(self, verdicts: Sequence[Verdict]) -> dict[str, int]:
+        return position_bias.tally(verdicts, self._order_winner, position_bias.first_of_two_wins)
+
+    def _order_winner(self, verdicts: list[Verdict]) -> Optional[Winner]:
+        """The winner of one order's verdicts, from their mean scores; None for a tie."""
+        scores = [v.original_scores or () for v in verdicts]
+        winner = _winner_of_means(mean([s[0] for s in scores]), mean([s[1] for s in scores]))
+        return None if winner == "tie" else winner
+
+    def rates(self, tallies: Mapping[str, int]) -> dict[str, Optional[float]]:
+        return position_bias.rates(tallies)
+
+    def canonical_label(self, raw: Any) -> Winner:
+        """'a', 'b' or 'tie' from `a` / `b` / `tie` (any case), MLLM-as-a-Judge's `A` / `B` / `C` (C: a tie),
+        or a ranking of the two answers, best first (VL-RewardBench's `[0, 1]`: the first is preferred)."""
+        if isinstance(raw, str):
+            winner = {"a": "a", "b": "b", "tie": "tie", "c": "tie"}.get(raw.strip().lower())
+            if winner is not None:
+                return winner  # type: ignore[return-value]
+        elif isinstance(raw, (list, tuple)) and len(raw) == 2 and all(isinstance(r, (int, float)) for r in raw):
+            first, second = raw
+            return "a" if first < second else "b" if second < first else "tie"
+        raise ValueError(f"not a pairwise preference: {raw!r} (expected a, b, tie; A, B, C; or a ranking of 2)")
+
+    def evaluate(self, rows: Sequence[LabelledRow], rules: PairwiseRules) -> dict[str, Any]:
+        preferred = [row for row in rows if row.label != "tie"]
+        results = [self.aggregate(row.verdicts) for row in preferred]
+        status = [_status(row, result) for row, result in zip(preferred, results)]
+        counts = Counter(status)
+        n = len(preferred)
+        decided = n - counts["judge_tie"] - counts["unparsed"] - counts["not_judged"]
+        return {
+            "n": n,
+            "human_ties": len(rows) - n,
+            "judge_ties": counts["judge_tie"],
+            "unparsed": counts["unparsed"],
+            "not_judged": counts["not_judged"],
+            "accuracy": ratio(counts["correct"], n),
+            "accuracy_ci": bootstrap_ci(status, lambda sample: ratio(sample.count("correct"), len(sample))),
+            "accuracy_excluding_ties": ratio(counts["correct"], decided),
+            "cohen_kappa": cohen_kappa([(result.winner, row.label) for row, result, s in zip(preferred, results, status)
+                                        if s in ("correct", "wrong")]),
+            **position_bias.summed_rates(self.tally(row.verdicts) for row in rows if row.verdicts),
+            **by_group(preferred, [s == "correct" for s in status]),
+            "thresholds": self._thresholds(preferred, results, status, rules),
+        }
+
+    def _thresholds(
+        self, rows: Sequence[LabelledRow], results: Sequence[PairwiseResult], status: Sequence[str], rules: PairwiseRules
+    ) -> list[dict[str, Any]]:
+        """Keep rate and the kept rows' agreement with humans over a grid of margins, with and without
+        the order-agreement rule (the run's other rules as they are): the curve to pick settings from."""
+        table = []
+        for agreement in (False, True):
+            for margin in grid(0.0, self.scale[1] - self.scale[0], 0.5):
+                variant = rules.model_copy(update={"min_margin": margin, "require_order_agreement": agreement})
+                kept = [s for row, result, s in zip(rows, results, status)
+                        if row.outcome != ERRORS and result.n_parsed and self.decide(result, variant)[0] == KEPT]
+                table.append({
+                    "min_margin": margin,
+                    "require_order_agreement": agreement,
+                    "keep_rate": ratio(len(kept), len(rows)),
+                    "kept_accuracy": ratio(kept.count("correct"), len(kept)),
+                })
+        return table
+
     def preference_schema(self) -> pa.Schema:
         return preference_schema()
 
     def preference_rows(self, kept: pa.Table) -> pa.Table:
-        return preference_table(kept)
+        """One DPO row per kept row, from its `chosen` / `rejected` labels."""
+        return preference_table([
+            preference_row(row, row["chosen"], row["rejected"], row["score_chosen"], row["score_rejected"])
+            for row in kept.to_pylist()
+        ])
+
+
+def _status(row: LabelledRow, result: PairwiseResult) -> str:
+    """A labelled row's verdict against its human winner: correct, wrong, judge_tie, unparsed or not_judged."""
+    if row.outcome == ERRORS:
+        return "unparsed" if row.error_reason == REASON_UNPARSED else "not_judged"
+    if not result.n_parsed or result.winner is None:
+        return "not_judged"  # dropped before judging (identical answers)
+    if result.winner == "tie":
+        return "judge_tie"
+    return "correct" if result.winner == row.label else "wrong"

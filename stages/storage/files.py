@@ -49,7 +49,10 @@ def write_atomically(filesystem: pafs.FileSystem, path: str, data: bytes | pa.Ta
     filesystem.create_dir(directory, recursive=True)
     temporary = f"{directory}/.{name}{INPROGRESS_SUFFIX}"
     with filesystem.open_output_stream(temporary) as sink:
-        if isinstance(data, pa.Table):
+        if isinstance(data, pa.Table) and data.num_rows == 0:
+            # Schema only, no row group: an empty row group makes `datasets`' Parquet reader fail.
+            pq.ParquetWriter(sink, data.schema, compression="zstd").close()
+        elif isinstance(data, pa.Table):
             pq.write_table(data, sink, compression="zstd")
         else:
             sink.write(data)

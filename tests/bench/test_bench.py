@@ -37,15 +37,16 @@ def test_simulated_replica_speed_and_sizing_arithmetic():
 
 @pytest.mark.e2e
 def test_harness_without_the_real_engine(tmp_path):
-    results = run_bench(tmp_path, "--only", "decode,feeding,scale,resume")
-    for key in ("engine_busy_fraction", "decode_ratio", "memory_growth", "resume_seconds_vs_fresh",
-                "resume_peak_vs_fresh"):
+    results = run_bench(tmp_path, "--only", "decode,feeding,scale,relabel,resume")
+    for key in ("engine_busy_fraction", "decode_ratio", "memory_growth", "relabel_rows_per_s",
+                "resume_seconds_vs_fresh", "resume_peak_vs_fresh"):
         assert isinstance(results[key], float) and key in results["targets"]
     assert results["resume_2m_ids_seconds"] > 0 and results["resume_2m_ids_peak_mib"] > 0
     assert results["resume"]["committed_ids"] > 0 and results["resume"]["remaining_rows"] > 0
     assert set(results["decode"]["stages"]) == {"image", "audio", "video"}
     assert [p["factor"] for p in results["scale"]["points"]] == [1, 10, 100]
     assert len(results["sizing"]["table"]) == len(MIXES)
+    assert results["relabel"]["counts_after"]["kept"] < results["relabel"]["counts_before"]["kept"]
     assert "engine_efficiency" not in results
 
 

@@ -66,6 +66,7 @@ def test_report_counts_match_the_outputs(finished_run):
     assert report["judge"]["requests"] == len(ids(output / "judgments"))
     assert set(report["timings"]["stages"]) >= {"normalize", "decode", "judge", "label", "write"}
     assert report["versions"]["ray"] and report["config"]["mode"] == "pairwise"
+    assert 0 <= report["order_agreement_rate"] <= 1 and 0 <= report["first_position_win_rate"] <= 1
 
 
 def test_kept_rows_carry_verdicts_and_judgments_parse(finished_run):

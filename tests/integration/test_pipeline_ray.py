@@ -85,7 +85,7 @@ def test_one_large_shard_is_read_as_batch_sized_blocks(tmp_path, ray_session):
 
 def test_shard_with_a_conflicting_type_is_skipped_and_listed_in_the_report(tmp_path, ray_session):
     write_demo_shards(tmp_path / "input", 8, shards=1)
-    rows = {"id": ["x-0"], "question": ["q"], "response_a": ["a"], "response_b": ["b"], "kind": [7]}  # kind: int
+    rows = {"id": ["x-0"], "question": ["q"], "response_a": ["a"], "response_b": ["b"], "kind": [7.5]}  # float: no type holds it and text
     pq.write_table(pa.table(rows), tmp_path / "input" / "zz-later.parquet")
     cfg = config(tmp_path, **{"input.skip_bad_shards": "true"})
     result = run_curation(cfg, engine_factory=simulated_engine)

@@ -69,16 +69,85 @@ def test_mapped_and_list_columns_are_checked_by_their_user_names(tmp_path):
     pq.write_table(pa.table({"query": ["q"], "response": [["a", "b"]]}), tmp_path / "vlrb.parquet")
     assert discover([str(tmp_path)], PAIRWISE, InputConfig(preset="vl_rewardbench")).rows == 1
     pq.write_table(pa.table({"query": ["q"], "response": ["a"]}), tmp_path / "vlrb.parquet")
-    with pytest.raises(ShardError, match="expected a list of 2 strings"):
+    with pytest.raises(ShardError, match="expected a list of strings"):
         discover([str(tmp_path)], PAIRWISE, InputConfig(preset="vl_rewardbench"))
+
+
+MEDIA = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def test_one_logical_type_whatever_the_writer_spelling():
+    from pipelines.shards import logical_type
+
+    assert logical_type(pa.string_view()) == pa.string() and logical_type(pa.binary_view()) == pa.binary()
+    assert logical_type(pa.dictionary(pa.int32(), pa.large_string())) == pa.large_string()
+    non_null = pa.struct([pa.field("bytes", pa.binary(), nullable=False), pa.field("path", pa.string_view())])
+    assert logical_type(non_null) == MEDIA
+    assert logical_type(pa.list_(pa.string_view())) == pa.list_(pa.string())
+
+
+@pytest.mark.parametrize(
+    "a, b, read_as",
+    [
+        (pa.string(), pa.large_string(), pa.large_string()),
+        (pa.string(), pa.string_view(), pa.string()),
+        (pa.dictionary(pa.int8(), pa.string()), pa.string(), pa.string()),
+        (pa.binary(), pa.large_binary(), pa.large_binary()),
+        (pa.int64(), pa.string(), pa.string()),  # ids: numbers in one shard, text in another
+        (pa.int32(), pa.int64(), pa.int64()),
+        (pa.null(), MEDIA, MEDIA),
+        (MEDIA, pa.struct([("bytes", pa.large_binary()), ("path", pa.null())]),
+         pa.struct([("bytes", pa.large_binary()), ("path", pa.string())])),
+    ],
+)
+def test_shards_from_different_writers_read_as_one_schema(tmp_path, a, b, read_as):
+    from pipelines.shards import read_schema
+
+    schemas = {"one.parquet": pa.schema([pa.field("c", a, nullable=pa.types.is_null(a))]), "two.parquet": pa.schema([("c", b)])}
+    assert read_schema(schemas) == pa.schema([("c", read_as)])
+    assert read_schema(dict(reversed(schemas.items()))) == pa.schema([("c", read_as)])
+
+
+def test_types_no_single_type_holds_are_refused_naming_both_shards(tmp_path):
+    pq.write_table(GOOD, tmp_path / "a.parquet")
+    pq.write_table(GOOD.append_column("extra", pa.array([1.5, 2.5])), tmp_path / "b.parquet")
+    pq.write_table(GOOD.append_column("extra", pa.array([[1], [2]])), tmp_path / "c.parquet")
+    with pytest.raises(ShardError, match=r"column 'extra' is double in shard .*b\.parquet but list<.*: int64> in shard .*c\.parquet"):
+        discover([str(tmp_path)], PAIRWISE, InputConfig())
+
+
+def test_footer_checks_accept_views_dictionaries_and_null_typed_paths(tmp_path):
+    table = pa.table({
+        "question": pa.array(["q"], pa.string_view()),
+        "response_a": pa.array(["a"]).dictionary_encode(),
+        "response_b": pa.array(["b"], pa.large_string()),
+        "image": pa.array([{"bytes": b"x", "path": None}], pa.struct([("bytes", pa.binary_view()), ("path", pa.null())])),
+    })
+    pq.write_table(table, tmp_path / "views.parquet", store_schema=True)
+    pq.write_table(GOOD, tmp_path / "plain.parquet")
+    found = discover([str(tmp_path)], PAIRWISE, InputConfig())
+    assert found.rows == 3
+    schema = found.schema
+    assert schema.field("question").type == pa.string() and schema.field("response_a").type == pa.string()
+    read = pq.read_table(tmp_path / "views.parquet", schema=schema)
+    assert read.to_pylist() == [{"question": "q", "response_a": "a", "response_b": "b",
+                                 "image": {"bytes": b"x", "path": None}}]
+
+
+def test_a_nights_subset_reads_as_its_own_shards_schema(tmp_path):
+    pq.write_table(GOOD, tmp_path / "a.parquet")
+    pq.write_table(GOOD.append_column("extra", pa.array(["x", "y"])), tmp_path / "b.parquet")
+    found = discover([str(tmp_path)], PAIRWISE, InputConfig())
+    assert "extra" in found.schema.names
+    assert "extra" not in found.only([str(tmp_path / "a.parquet")]).schema.names
 
 
 def test_shard_disagreeing_on_a_column_type_fails_or_the_later_one_is_skipped(tmp_path):
     pq.write_table(GOOD.append_column("score", pa.array([1, 2])), tmp_path / "a.parquet")
-    pq.write_table(GOOD.append_column("score", pa.array(["high", "low"])), tmp_path / "b.parquet")
+    pq.write_table(GOOD.append_column("score", pa.array([[1], [2]])), tmp_path / "b.parquet")  # no type holds both
     pq.write_table(GOOD.append_column("score", pa.array([None, None], pa.null())), tmp_path / "c.parquet")
     pq.write_table(GOOD.append_column("score", pa.array([3, 4])), tmp_path / "d.parquet")
-    with pytest.raises(ShardError, match=r"column 'score' is int64 in shard .*a\.parquet but string in shard .*b\.parquet"):
+    with pytest.raises(ShardError, match=r"column 'score' is int64 in shard .*a\.parquet but list<.*> in shard .*b\.parquet"):
         discover([str(tmp_path)], PAIRWISE, InputConfig())
     found = discover([str(tmp_path)], PAIRWISE, InputConfig(skip_bad_shards=True))
     assert [p.rsplit("/", 1)[1] for p in found.paths] == ["a.parquet", "c.parquet", "d.parquet"]

@@ -28,15 +28,17 @@ def judged_rows():
     ]
 
 
-@pytest.fixture
-def written(tmp_path):
+def as_table(rows):
     schema = pa.schema([("image", MEDIA_TYPE), ("judgments", pa.list_(JUDGMENT_TYPE))])
-    rows = judged_rows()
     table = pa.Table.from_pylist(rows)
     table = table.set_column(table.schema.get_field_index("image"), "image", pa.array([r["image"] for r in rows], schema.field("image").type))
-    table = table.set_column(table.schema.get_field_index("judgments"), "judgments", pa.array([r["judgments"] for r in rows], schema.field("judgments").type))
+    return table.set_column(table.schema.get_field_index("judgments"), "judgments", pa.array([r["judgments"] for r in rows], schema.field("judgments").type))
+
+
+@pytest.fixture
+def written(tmp_path):
     stage = WriteStage(str(tmp_path), judging_format("pairwise"))
-    stats = json.loads(stage.process(table).column("stats")[0].as_py())
+    stats = json.loads(stage.process(as_table(judged_rows())).column("stats")[0].as_py())
     return tmp_path, stats
 
 
@@ -84,3 +86,42 @@ def test_judgments_hold_every_raw_verdict_by_id(written):
 def test_no_partial_files_are_left(written):
     root, _ = written
     assert not [p for p in root.rglob("*") if p.name.startswith(".")]
+
+
+def test_outputs_declare_their_media_as_datasets_features(written):
+    from datasets import Audio, Features, Image, List, Video
+
+    root, _ = written
+    for name in ("kept", "dropped", "errors"):
+        features = Features.from_arrow_schema(pq.read_schema(next((root / name).glob("*.parquet"))))
+        assert isinstance(features["image"], Image), name
+        assert features["id"].dtype == "string"
+    features = Features.from_arrow_schema(pq.read_schema(next((root / "preferences").glob("*.parquet"))))
+    assert features["images"] == List(Image()) and features["audios"] == List(Audio()) and features["videos"] == List(Video())
+
+
+def by_path_rows():
+    rows = judged_rows()[:1]
+    rows[0]["image"] = {"bytes": None, "path": "pictures/cat.png"}
+    return as_table(rows)
+
+
+def test_preference_media_given_by_path_are_embedded_and_keep_their_path(tmp_path):
+    reads = []
+    stage = WriteStage(str(tmp_path), judging_format("pairwise"), embed_media=lambda v: reads.append(v) or b"PNG-bytes")
+    stage.process(by_path_rows())
+    assert read(tmp_path, "preferences")[0]["images"] == [{"bytes": b"PNG-bytes", "path": "pictures/cat.png"}]
+    assert reads == [{"bytes": None, "path": "pictures/cat.png"}]
+    assert read(tmp_path, "kept")[0]["image"] == {"bytes": None, "path": "pictures/cat.png"}  # kept/ as given
+
+
+def test_without_embedding_or_when_the_file_is_gone_the_pair_keeps_the_path(tmp_path):
+    WriteStage(str(tmp_path / "off"), judging_format("pairwise")).process(by_path_rows())
+    assert read(tmp_path / "off", "preferences")[0]["images"] == [{"bytes": None, "path": "pictures/cat.png"}]
+
+    def gone(value):
+        raise FileNotFoundError(value["path"])
+
+    WriteStage(str(tmp_path / "gone"), judging_format("pairwise"), embed_media=gone).process(by_path_rows())
+    assert read(tmp_path / "gone", "preferences")[0]["images"] == [{"bytes": None, "path": "pictures/cat.png"}]
+    assert [r["id"] for r in read(tmp_path / "gone", "kept")] == ["k"]
