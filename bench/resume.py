@@ -123,7 +123,7 @@ def run(args: Any, work: Path) -> dict[str, Any]:
     fresh_input = work / "fresh-input"
     fresh_input.mkdir()
     pq.write_table(shard_table(f"s{full_shards:04d}", remaining, remaining), fresh_input / "part-00000.parquet")
-    overrides = ["output.rows_per_file=100", *args.overrides]  # commits stream: the first one marks start-up
+    overrides = list(args.overrides)
     runs: dict[str, list[dict[str, Any]]] = {"fresh": [], "resume": []}
     for repeat in range(args.repeats):  # interleaved: fresh, resume, fresh, resume, ...
         runs["fresh"].append(measured_run(fresh_input, work / f"fresh-{repeat}", overrides))
