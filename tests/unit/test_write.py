@@ -55,6 +55,16 @@ def test_every_row_lands_in_exactly_one_outcome(written):
     assert stats["error_reasons"] == {"image_undecodable": 1} and stats["drop_reasons"] == {"tie": 1}
 
 
+def test_a_batch_written_again_replaces_itself_instead_of_committing_its_rows_twice(written):
+    # Ray re-executes a write task whose node was lost after it wrote: the same rows make the same batch.
+    root, _ = written
+    WriteStage(str(root), judging_format("pairwise")).process(as_table(judged_rows()))
+    assert len(list((root / "_manifests").glob("*.json"))) == 1
+    assert [r["id"] for r in read(root, "kept")] == ["k"] and len(read(root, "judgments")) == 4
+    WriteStage(str(root), judging_format("pairwise")).process(as_table(judged_rows()[:2]))
+    assert len(list((root / "_manifests").glob("*.json"))) == 2  # other rows: another batch
+
+
 def test_outputs_hide_internal_columns_and_keep_reasons(written):
     root, _ = written
     kept, dropped, errors = read(root, "kept")[0], read(root, "dropped")[0], read(root, "errors")[0]

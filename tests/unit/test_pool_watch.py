@@ -1,0 +1,83 @@
+"""The judge pool's ledger after a replica's node is lost, and the watch that stops a run waiting for it."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import pipelines.quarantine as quarantine
+from pipelines.pool_watch import PoolWatch, ReplicaLost
+
+Ledger = quarantine.CrashLedger.__ray_actor_class__  # the plain class, called here without Ray
+
+
+def ledger_with_a_replica(monkeypatch: pytest.MonkeyPatch, node_alive: bool) -> object:
+    monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": node_alive}])
+    ledger = Ledger()
+    ledger.heartbeat("a1", "n1")
+    ledger.begin("a1", ["r1", "r2"])
+    return ledger
+
+
+def test_rows_in_flight_when_the_replica_itself_died_become_suspects(monkeypatch):
+    ledger = ledger_with_a_replica(monkeypatch, node_alive=True)
+    ledger.restarted("a1")
+    assert ledger.crash_counts(["r1", "r2", "r3"]) == {"r1": 1, "r2": 1}
+    assert ledger.counts() == {"replica_restarts": 1, "node_losses": 0}
+
+
+def test_rows_in_flight_when_the_node_died_are_no_suspects(monkeypatch):
+    ledger = ledger_with_a_replica(monkeypatch, node_alive=False)
+    ledger.restarted("a1")
+    assert ledger.crash_counts(["r1", "r2"]) == {}
+    assert ledger.counts() == {"replica_restarts": 1, "node_losses": 1}
+
+
+def test_a_replica_is_down_when_silent_too_long_with_rows_in_flight(monkeypatch):
+    ledger = ledger_with_a_replica(monkeypatch, node_alive=False)
+    ledger.heartbeat("a2", "n1")  # idle: nothing in flight
+    ledger.last_seen = {actor: seen - 60 for actor, seen in ledger.last_seen.items()}
+    assert ledger.down_replicas(120) == {}
+    assert list(ledger.down_replicas(30)) == ["a1"]
+    ledger.end("a1", ["r1", "r2"])
+    assert ledger.down_replicas(30) == {}
+
+
+class FakeLedgerMethod:
+    def __init__(self, call):
+        self.remote = call
+
+
+class FakeLedger:
+    """Answers like the ledger actor: `down_replicas` names one replica down once `down` is set."""
+
+    def __init__(self, down: bool) -> None:
+        self.given_up: list[str] = []
+        self.down_replicas = FakeLedgerMethod(lambda silent_for_s: {"a1b2c3d4e5f6a7": 42.0} if down else {})
+        self.give_up = FakeLedgerMethod(self.given_up.append)
+
+
+@pytest.fixture
+def local_get(monkeypatch):
+    monkeypatch.setattr("pipelines.pool_watch.ray.get", lambda value: value)
+
+
+def test_the_watch_gives_up_a_down_replica_and_names_it_in_the_error(local_get):
+    ledger = FakeLedger(down=True)
+    with pytest.raises(ReplicaLost, match=r"judge replica a1b2c3d4e5f6 has been down for 42 s .*replica_down_timeout_s=20"):
+        with PoolWatch(ledger, 20, poll_s=0.01).watching():
+            for _ in range(6000):  # until the watch has ended the replica (a guard, not a timing)
+                if ledger.given_up:
+                    break
+                time.sleep(0.01)
+            raise RuntimeError("ActorDiedError")  # what Ray Data raises once the replica is ended
+    assert ledger.given_up == ["a1b2c3d4e5f6a7"]
+
+
+def test_without_a_down_replica_errors_pass_through_unchanged(local_get):
+    ledger = FakeLedger(down=False)
+    with pytest.raises(ValueError):
+        with PoolWatch(ledger, 20, poll_s=0.01).watching():
+            time.sleep(0.05)
+            raise ValueError("a stage's own failure")
+    assert ledger.given_up == []
