@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from tests.cluster.helpers import REPO, submit_is_wired
-from tests.cluster.local_cluster import LocalCluster
+from tests.cluster.local_cluster import LocalCluster, running_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 JOB_TIMEOUT_S = 900
@@ -29,18 +28,8 @@ SHIM = (  # `flexcurate submit` until jobs/cli.py wires the subcommand
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    from ray._private.utils import get_dashboard_dependency_error
-
-    missing = get_dashboard_dependency_error()
-    if missing:
-        pytest.skip(f"the Jobs API needs ray[default] (dashboard): {missing}")
-    local = LocalCluster(head_cpus=2, worker_cpus=2, worker_resources={"judge_node": 1})
-    try:
-        local.start()
+    with running_cluster(head_cpus=2) as local:
         yield local
-    finally:
-        local.stop()
-        shutil.rmtree(local.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
