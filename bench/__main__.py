@@ -7,6 +7,7 @@
     3. decode     DecodeStage inside Ray vs. a plain single-process loop, per core
     4. scale      wall time and peak memory at 1x, 10x, 100x (full: and 1000x) rows
     5. relabel    a finished run relabelled under new filter settings, rows/s (no engine, no Ray)
+    6. resume     a resume with 2M committed ids vs. a fresh run of the rows it has left
 
 Writes OUT/results.json (headline ratios beside the figures they come from) and OUT/results.md
 (the table printed at the end). Benchmarks, not tests: nothing here fails on a slow number.
@@ -26,18 +27,19 @@ from typing import Any
 
 from bench.common import load_average, wait_for_quiet
 
-SECTIONS = ("decode", "feeding", "engine", "scale", "relabel")
+SECTIONS = ("decode", "feeding", "engine", "scale", "relabel", "resume")
 # Sizes: --quick runs in a few minutes on a 2-core machine; --tiny only proves the harness works.
 SIZES: dict[str, dict[str, Any]] = {
     "full": dict(engine_rows=1024, repeats=3, feeding_rows=1200, feeding_repeats=3, feeding_variants=True,
                  decode_rows={"image": 1200, "audio": 800, "video": 600}, scale_base=64,
-                 scale_factors=(1, 10, 100, 1000), relabel_rows=100_000),
+                 scale_factors=(1, 10, 100, 1000), relabel_rows=100_000,
+                 resume_committed=2_000_000, resume_shard_rows=20_000, resume_remaining=1000),
     "quick": dict(engine_rows=256, repeats=3, feeding_rows=480, feeding_repeats=1, feeding_variants=False,
                   decode_rows={"image": 320, "audio": 240, "video": 160}, scale_base=64, scale_factors=(1, 10, 100),
-                  relabel_rows=100_000),
+                  relabel_rows=100_000, resume_committed=2_000_000, resume_shard_rows=20_000, resume_remaining=1000),
     "tiny": dict(engine_rows=4, repeats=1, feeding_rows=16, feeding_repeats=1, feeding_variants=False,
                  decode_rows={"image": 8, "audio": 8, "video": 8}, scale_base=2, scale_factors=(1, 10, 100),
-                 relabel_rows=2_000),
+                 relabel_rows=2_000, resume_committed=2000, resume_shard_rows=500, resume_remaining=20),
 }
 # Headline -> (section, field of that section, threshold, higher is better). Dotted names stay in
 # their section only; the others are also copied to the top of results.json.
@@ -52,7 +54,12 @@ HEADLINES: dict[str, tuple[str, str, float, bool]] = {
     "memory_growth": ("scale", "memory_growth", 1.10, False),
     "memory_growth_1000x": ("scale", "memory_growth_1000x", 1.10, False),
     "relabel_rows_per_s": ("relabel", "relabel_rows_per_s", 1667, True),  # 100K rows in under a minute
+    "resume_seconds_vs_fresh": ("resume", "seconds_vs_fresh", 1.5, False),
+    "resume_peak_vs_fresh": ("resume", "peak_mib_vs_fresh", 1.25, False),
 }
+# Headlines reported as measured, beside the ratios that carry their targets.
+FIGURES = {"resume_2m_ids_seconds": ("resume", "resume_2m_ids_seconds"),
+           "resume_2m_ids_peak_mib": ("resume", "resume_2m_ids_peak_mib")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +180,15 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str
         rows.append((f"relabel: {r['rows']} judged rows, rows/s", f"{r['relabel_rows_per_s']:.0f} ({r['relabel_s']} s)",
                      f"{100_000 / 60:.0f} (100K rows in a minute)", f"{r['relabel_rows_per_s'] / (100_000 / 60):.2f}",
                      "relabel_rows_per_s"))
+    if "resume" in results:
+        r = results["resume"]
+        rows.append((f"resume: {r['committed_ids']} committed ids, {r['remaining_rows']} rows left, wall s",
+                     f"resume {r['resume_2m_ids_seconds']:.1f} (first new commit {r['resume']['first_commit_s']:.1f} s)",
+                     f"fresh {r['fresh']['wall_s']:.1f} (first commit {r['fresh']['first_commit_s']:.1f} s)",
+                     f"{r['seconds_vs_fresh']:.2f}", "resume_seconds_vs_fresh"))
+        rows.append(("resume: peak RSS MiB (driver + Ray)", f"resume {r['resume_2m_ids_peak_mib']:.0f} (driver "
+                     f"{r['resume']['peak_driver_rss_mib']:.0f})", f"fresh {r['fresh']['peak_total_rss_mib']:.0f} (driver "
+                     f"{r['fresh']['peak_driver_rss_mib']:.0f})", f"{r['peak_mib_vs_fresh']:.2f}", "resume_peak_vs_fresh"))
     return rows
 
 
@@ -224,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                     "waited_for_load": wait_for_quiet(args.max_load, args.wait_load_s)},
         "args": {k: v for k, v in vars(args).items()},
     }
-    from bench import decode, engine_efficiency, feeding, relabel, scale
+    from bench import decode, engine_efficiency, feeding, relabel, resume, scale
 
-    modules = {"decode": decode, "feeding": feeding, "engine": engine_efficiency, "scale": scale, "relabel": relabel}
+    modules = {"decode": decode, "feeding": feeding, "engine": engine_efficiency, "scale": scale, "relabel": relabel,
+               "resume": resume}
     for section in SECTIONS:  # decode first: the sizing table needs its per-row costs
         if section not in sections:
             continue
@@ -252,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = value
         results["targets"][key] = {"value": value, "threshold": threshold, "higher_is_better": higher,
                                    "holds": value >= threshold if higher else value <= threshold}
-    ordered = {k: results[k] for k in [*HEADLINES, "targets"] if k in results}
+    for key, (section, field) in FIGURES.items():
+        if section in results:
+            results[key] = results[section][field]
+    ordered = {k: results[k] for k in [*HEADLINES, *FIGURES, "targets"] if k in results}
     ordered.update({k: v for k, v in results.items() if k not in ordered})
     (out / "results.json").write_text(json.dumps(ordered, indent=2, default=str))
     table = markdown(ordered)

@@ -102,13 +102,13 @@ def capture_requests(cfg: RunConfig) -> list[JudgeRequest]:
 # --------------------------------------------------------------------------- raw side
 
 
-def run_raw(cfg: RunConfig, requests_file: Path, work: Path, regex: str | None) -> dict[str, Any]:
+def run_raw(cfg: RunConfig, requests_file: Path, work: Path) -> dict[str, Any]:
     """One raw baseline run in a fresh process; returns its figures."""
     work.mkdir(parents=True, exist_ok=True)
     spec = {
         "engine": cfg.judge.engine.model_dump(mode="json"),
         "sampling": cfg.judge.sampling.model_dump(mode="json"),
-        "regex": regex,
+        "structured": cfg.judge.structured(),
         "threads": cfg.judge.engine_threads(),
         "tensor_parallel_size": cfg.judge.tensor_parallel_size,
         "requests": str(requests_file),
@@ -143,17 +143,19 @@ def _raw_main(work: Path) -> None:
     from vllm.sampling_params import StructuredOutputsParams
 
     sampling = spec["sampling"]
-    regex = spec["regex"]
 
     def params(request: JudgeRequest) -> SamplingParams:
         return SamplingParams(
             temperature=sampling["temperature"], top_p=sampling["top_p"], max_tokens=sampling["max_tokens"],
             seed=request.seed,
-            structured_outputs=StructuredOutputsParams(regex=regex) if regex is not None else None,
+            structured_outputs=(  # the pipeline's own per-request regex
+                StructuredOutputsParams(regex=request.guided_regex)
+                if spec["structured"] and request.guided_regex is not None else None
+            ),
         )
 
     loading = time.time()
-    llm = LLM(**engine_args(engine, guided_regex=regex, tensor_parallel_size=spec["tensor_parallel_size"]))
+    llm = LLM(**engine_args(engine, structured=spec["structured"], tensor_parallel_size=spec["tensor_parallel_size"]))
     loaded = time.time()
     prompts = [to_vllm_prompt(r, engine.resolved_family()) for r in requests]
     sampling_params = [params(r) for r in requests]
@@ -217,16 +219,17 @@ def run_pipeline(cfg: RunConfig, warmup: JudgeRequest, work: Path, prerender: bo
 # --------------------------------------------------------------------------- the peer: Ray Data LLM
 
 
-def run_ray_data_llm(cfg: RunConfig, requests: list[JudgeRequest], regex: str | None, work: Path) -> dict[str, Any]:
+def run_ray_data_llm(cfg: RunConfig, requests: list[JudgeRequest], work: Path) -> dict[str, Any]:
     """One Ray Data LLM run over the same requests, on the pipeline's engine arguments."""
     from bench.ray_data_llm import run_peer
     from stages.engines.vllm_engine import engine_args
 
     stats_dir = work / "engine-stats"
     shutil.rmtree(stats_dir, ignore_errors=True)
-    peer = run_peer(requests, engine_args(cfg.judge.engine, guided_regex=regex,
+    structured = cfg.judge.structured()
+    peer = run_peer(requests, engine_args(cfg.judge.engine, structured=structured,
                                           tensor_parallel_size=cfg.judge.tensor_parallel_size),
-                    cfg.judge.sampling.model_dump(mode="json"), regex, family=cfg.judge.engine.resolved_family(),
+                    cfg.judge.sampling.model_dump(mode="json"), structured, family=cfg.judge.engine.resolved_family(),
                     on_cpu=cfg.judge.engine.device == "cpu", threads=cfg.judge.engine_threads(),
                     replicas=cfg.judge.replicas, stats_dir=stats_dir)
     stats = read_stats(stats_dir)
@@ -265,7 +268,6 @@ def run(args: Any, work: Path) -> dict[str, Any]:
     requests = capture_requests(cfg)
     requests_file = work / "requests.pkl"
     requests_file.write_bytes(pickle.dumps(requests))
-    regex = JudgeStage(cfg.judging_format(), cfg.judge).engine_factory.guided_regex  # the pipeline's own regex
     thread_counts = sorted({c.judge.engine_threads() for c in configs.values()})
 
     raw_runs: dict[int, list[dict[str, Any]]] = {t: [] for t in thread_counts}
@@ -276,7 +278,7 @@ def run(args: Any, work: Path) -> dict[str, Any]:
         for repeat in range(repeats):  # interleaved: raw, pipeline (, variants), peer, raw, pipeline, ...
             for threads in thread_counts:
                 raw_cfg = next(c for c in configs.values() if c.judge.engine_threads() == threads)
-                raw = run_raw(raw_cfg, requests_file, work / f"raw-{threads}-{repeat}", regex)
+                raw = run_raw(raw_cfg, requests_file, work / f"raw-{threads}-{repeat}")
                 raw.update(_rates(rows, raw, raw["generate_s"]))
                 raw_runs[threads].append(raw)
             for name, variant in configs.items():
@@ -287,7 +289,7 @@ def run(args: Any, work: Path) -> dict[str, Any]:
                 pipe_runs[name].append(pipe)
             if peer_error is None:
                 try:
-                    peer = run_ray_data_llm(cfg, requests, regex, work / f"ray-data-llm-{repeat}")
+                    peer = run_ray_data_llm(cfg, requests, work / f"ray-data-llm-{repeat}")
                     peer.update(_rates(rows, peer, peer["window_s"]))
                     peer_runs.append(peer)
                 except Exception as exc:  # noqa: BLE001 - reported in results.json; the other sides stand

@@ -2,7 +2,7 @@
 requests as the raw and pipeline sides of the engine benchmark.
 
 Each captured request (prompt with the family's media placeholders, decoded media arrays, seed,
-sampling, the verdict regex as structured output) becomes one row of a Ray dataset; the
+sampling, its own verdict regex as structured output) becomes one row of a Ray dataset; the
 processor's own chat-template, tokenize and detokenize stages are off, as its docs say for rows
 that carry a rendered prompt (vLLM tokenises it and detokenises the output itself), and its
 multimodal preparation stage is off too: on vllm 0.32 that stage cannot run (it imports
@@ -60,13 +60,13 @@ def peer_settings(replicas: int) -> dict[str, Any]:
             "stages": "engine only (rows carry the rendered prompt and multimodal_data)"}
 
 
-def peer_row(request: JudgeRequest, sampling: dict[str, Any], regex: str | None, family: str) -> dict[str, Any]:
+def peer_row(request: JudgeRequest, sampling: dict[str, Any], structured: bool, family: str) -> dict[str, Any]:
     """One request as a row of the processor's input: the same prompt, media, seed and sampling."""
     prompt = to_vllm_prompt(request, family)
     params: dict[str, Any] = {"temperature": sampling["temperature"], "top_p": sampling["top_p"],
                               "max_tokens": sampling["max_tokens"], "seed": request.seed}
-    if regex is not None:
-        params["structured_outputs"] = {"regex": regex}
+    if structured and request.guided_regex is not None:
+        params["structured_outputs"] = {"regex": request.guided_regex}
     row: dict[str, Any] = {"prompt": prompt["prompt"], "sampling_params": params}
     if "multi_modal_data" in prompt:
         row["multimodal_data"] = prompt["multi_modal_data"]
@@ -127,7 +127,7 @@ class MeteredPeerUDF(vLLMEngineStageUDF):
 
 
 def run_peer(requests: list[JudgeRequest], engine_kwargs: dict[str, Any], sampling: dict[str, Any],
-             regex: str | None, *, family: str, on_cpu: bool, threads: int, replicas: int,
+             structured: bool, *, family: str, on_cpu: bool, threads: int, replicas: int,
              stats_dir: Path) -> dict[str, Any]:
     """One processor run over every request; returns its outputs' count and wall time. The
     metered figures are in `stats_dir` (bench.engines.read_stats reads them)."""
@@ -164,7 +164,7 @@ def run_peer(requests: list[JudgeRequest], engine_kwargs: dict[str, Any], sampli
         "fn_constructor_kwargs": {**stage.fn_constructor_kwargs, "threads": threads, "on_cpu": on_cpu,
                                   "stats_path": str(stats_dir / f"engine-peer-{time.time_ns()}.json")},
     })
-    rows = [peer_row(r, sampling, regex, family) for r in requests]
+    rows = [peer_row(r, sampling, structured, family) for r in requests]
     started = time.time()
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // BATCH_SIZE))
     outputs = processor(dataset).take_all()

@@ -24,7 +24,7 @@ from stages.formats.base import JudgingFormat
 from stages.formats.verdicts import verdict_text
 from stages.judge import JUDGE_COLUMNS
 from stages.label import LabelStage
-from stages.normalize import CANONICAL_TYPES
+from stages.normalize import canonical_types
 from stages.write import WriteStage, complete_outputs
 
 RELABEL_TO = ["filter.min_margin=3", "filter.require_order_agreement=true"]
@@ -37,13 +37,13 @@ def judged_batch(start: int, count: int, fmt: JudgingFormat, rng: random.Random)
         verdicts = [fmt.read(verdict_text(rng.randint(1, 10), rng.randint(1, 10)), order=order, sample=0,
                              attempt=0, seed=index, prompt_tokens=300, output_tokens=rng.randint(50, 600),
                              finish_reason="stop") for order in fmt.orders(swap_order=True)]
-        row: dict[str, Any] = {column: None for column in CANONICAL_TYPES}
+        row: dict[str, Any] = {column: None for column in canonical_types(fmt)}
         row.update(id=f"row-{index:08d}", question=f"Question {index}: which answer is better?",
                    response_a=f"The first answer to question {index}.", response_b=f"The second answer to {index}.")
         row.update(fmt.aggregate(verdicts).columns())
         row.update(judge_model="bench/generated", judgments=[v.to_dict() for v in verdicts])
         rows.append(row)
-    schema = pa.schema([*CANONICAL_TYPES.items(), *fmt.result_columns.items(), *JUDGE_COLUMNS.items()])
+    schema = pa.schema([*canonical_types(fmt).items(), *fmt.result_columns.items(), *JUDGE_COLUMNS.items()])
     return pa.Table.from_pylist(rows, schema=schema)
 
 

@@ -1,8 +1,9 @@
 """The `flexcurate` command (also `python -m jobs`): run, demo, config, submit, evaluate, relabel.
 
 Exit codes (jobs/runtime.py): 0 the run succeeded; 1 the run finished but failed a check (error
-budget, accounting); 2 the config, the inputs or the output directory were rejected before
-anything was started.
+budget, accounting); 2 the command, the config, the inputs, the output directory or the cluster
+were rejected before anything was started; 3 the run started and stopped before finishing (rerun
+the same command to resume). Every failure ends in one line on stderr saying what to do.
 """
 from __future__ import annotations
 
@@ -10,19 +11,35 @@ import argparse
 import json
 import logging
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import yaml
 
 from jobs.evaluate import add_evaluate_parser, run_evaluate
 from jobs.relabel import add_relabel_parser, run_relabel
-from jobs.runtime import REJECTIONS, ExitCode, add_run_options, config_from_args, exit_code, run_job
+from jobs.runtime import (
+    INTERRUPTIONS,
+    REJECTIONS,
+    ExitCode,
+    add_run_options,
+    config_from_args,
+    exit_code,
+    run_job,
+)
 from jobs.submit import add_submit_parser, run_submit
 from pipelines.config import ConfigError, RunConfig, load_config
+from pipelines.errors import first_line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a wrong command or option reported in one line (exit 2) instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.REJECTED, f"{self.prog}: {message}; see '{self.prog} --help'\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flexcurate", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="flexcurate", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="curate Parquet shards with a Flex-Judge model")
@@ -100,6 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except REJECTIONS as exc:
         print(f"flexcurate: {exc}", file=sys.stderr)
         return ExitCode.REJECTED
+    except INTERRUPTIONS as exc:
+        print(f"flexcurate: {exc}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception as exc:  # not a failure we know: the traceback for a bug report, then one line
+        logging.getLogger("flexcurate").exception("unexpected error")
+        print(f"flexcurate: stopped by an unexpected error ({first_line(exc)}; traceback above); "
+              "rerun the same command to resume, and report it if it persists", file=sys.stderr)
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """`flexcurate demo`: the real pipeline on generated data, an embedded local Ray and the CPU engine.
 
-It generates a small mixed dataset (text-only, image, audio, video and image+audio rows, plus a few
-deliberately broken ones), builds the tiny random-weight Qwen2.5-Omni model once, runs
-`jobs/configs/demo.yaml` over it and prints what happened to every row.
+It generates a small dataset for the run's judging mode (pairwise by default: text-only, image,
+audio, video and image+audio rows plus a few deliberately broken ones; `--set mode=single|ranking|
+choice|mos` generates rows of that mode), builds the tiny random-weight Qwen2.5-Omni model once,
+runs `jobs/configs/demo.yaml` over it and prints what happened to every row.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from jobs.runtime import CONFIG_DIR, config_from_args, exit_code, run_job
 from stages.rows import MEDIA_TYPE
 
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+MEDIA_COLUMNS = ("image", "audio", "video", "left_image", "right_image", "source_image", "left_video", "right_video")
 QUESTIONS = [
     ("What is shown here, and what colour dominates?", "A smooth colour gradient, mostly blue.", "A cat."),
     ("Describe the sound.", "A steady pure tone at a single pitch.", "Loud rock music with drums."),
@@ -80,13 +83,104 @@ SCHEMA = pa.schema(
 )
 
 
-def write_demo_shards(directory: Path, rows: int, shards: int = 2) -> list[Path]:
+def single_rows(count: int) -> list[dict[str, Any]]:
+    """One answer per row (mode single), half good and half bad; `label` a person's 1-5 score."""
+    return [
+        {"id": row["id"], "question": row["question"], "response": row["response_a"], "image": row["image"],
+         "audio": row["audio"], "video": row["video"], "kind": row["kind"], "label": 5.0 if row["label"] == "a" else 1.0}
+        for row in demo_rows(count)
+        if row["kind"] != "identical-answers"
+    ]
+
+
+RANKING_EXTRA = ("It is hard to say.", "Something else entirely.")
+
+
+def ranking_rows(count: int) -> list[dict[str, Any]]:
+    """Three or four answers per row (mode ranking), the good one first or last; `label` a person's
+    ranks (lower is better)."""
+    rows = []
+    for index in range(count):
+        question, good, bad = QUESTIONS[index % len(QUESTIONS)]
+        kind = KINDS[index % len(KINDS)]
+        answers = [good, bad, *RANKING_EXTRA[: 1 + index % 2]]
+        ranks = list(range(len(answers)))
+        if index % 2:
+            answers, ranks = answers[::-1], ranks[::-1]
+        rows.append({"id": f"demo-{index:04d}", "question": question, "responses": answers, "image": None,
+                     "audio": None, "video": None, "kind": kind, "label": ranks, **_media_for(kind, index)})
+    rows[min(1, count - 1)]["image"] = {"bytes": media.truncated_png(), "path": None}
+    rows[min(1, count - 1)]["kind"] = "broken-image"
+    return rows
+
+
+CHOICE_KINDS = ("image", "video", "edit", "image")
+
+
+def choice_rows(count: int) -> list[dict[str, Any]]:
+    """Two generated images, two generated videos, or two edits of one source image, answering one
+    prompt (mode choice); `label` a GenAI-Bench vote."""
+    rows = []
+    for index in range(count):
+        kind = CHOICE_KINDS[index % len(CHOICE_KINDS)]
+        row: dict[str, Any] = {"id": f"demo-{index:04d}", "question": f"A smooth colour gradient, number {index}.",
+                               **dict.fromkeys(("source_prompt", "target_prompt", "instruct_prompt")),
+                               **dict.fromkeys(("left_image", "right_image", "source_image", "left_video", "right_video")),
+                               "kind": kind, "label": ("leftvote", "rightvote", "tievote", "bothbad_vote")[index % 4]}
+        if kind == "video":
+            row["left_video"] = {"bytes": media.mp4(2.0, 4, 64, 48), "path": None}
+            row["right_video"] = {"bytes": media.mp4(1.0, 4, 48, 48), "path": None}
+        else:
+            row["left_image"] = {"bytes": media.png(96, 64, seed=index), "path": None}
+            row["right_image"] = {"bytes": media.png(64, 96, seed=index + 1000), "path": None}
+        if kind == "edit":
+            row.update(question=None, source_image={"bytes": media.png(80, 80, seed=index + 2000), "path": None},
+                       source_prompt="a colour gradient", target_prompt="a darker colour gradient",
+                       instruct_prompt="make it darker")
+        rows.append(row)
+    rows[min(1, count - 1)].update(left_image={"bytes": media.truncated_png(), "path": None}, left_video=None,
+                                   right_image={"bytes": media.png(64, 64), "path": None}, right_video=None,
+                                   kind="broken-image")
+    return rows
+
+
+def mos_rows(count: int) -> list[dict[str, Any]]:
+    """One speech-like clip per row (mode mos); `label` a person's mean opinion score."""
+    rows = [
+        {"id": f"demo-{index:04d}", "audio": {"bytes": media.wav(1.0 + index % 3, 16_000), "path": None},
+         "kind": "audio", "label": 1.0 + (index * 7 % 40) / 10}
+        for index in range(count)
+    ]
+    rows[min(1, count - 1)].update(audio={"bytes": b"this is not a sound file", "path": None}, kind="not-audio")
+    return rows
+
+
+# Each judging mode's GPU config under jobs/configs, and a threshold to try with `relabel`.
+GPU_CONFIGS = {"pairwise": "preference.yaml", "single": "filter.yaml", "ranking": "ranking.yaml",
+               "choice": "choice.yaml", "mos": "mos.yaml"}
+RELABEL_EXAMPLE = {"min_margin": 3, "min_score": 4, "min_mos": 3.5}
+
+# Each judging mode's demo rows and their columns' types (the rest inferred).
+DEMO_ROWS = {"pairwise": demo_rows, "single": single_rows, "ranking": ranking_rows, "choice": choice_rows,
+             "mos": mos_rows}
+
+
+def demo_table(rows: list[dict[str, Any]], mode: str = "pairwise") -> pa.Table:
+    """Demo rows of `mode` as a table: media columns in `datasets`' struct layout, the rest inferred."""
+    inferred = pa.Table.from_pylist(rows).schema
+    schema = SCHEMA if mode == "pairwise" else pa.schema(
+        [(name, MEDIA_TYPE if name in MEDIA_COLUMNS else inferred.field(name).type) for name in rows[0]]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_demo_shards(directory: Path, rows: int, shards: int = 2, mode: str = "pairwise") -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    data = demo_rows(rows)
+    table = demo_table(DEMO_ROWS[mode](rows), mode)
     paths = []
     for shard in range(shards):
         path = directory / f"candidates-{shard:05d}.parquet"
-        pq.write_table(pa.Table.from_pylist(data[shard::shards], schema=SCHEMA), path)
+        pq.write_table(table.take(list(range(shard, table.num_rows, shards))), path)
         paths.append(path)
     return paths
 
@@ -112,8 +206,9 @@ def run_demo(args: argparse.Namespace) -> int:
     """`flexcurate demo`: generate the input beside `args.output`, run the demo config, summarise."""
     output = Path(args.output)
     input_dir = output.parent / f"{output.name}-input"
-    write_demo_shards(input_dir, args.rows)
     cfg = config_from_args(args, DEMO_CONFIG, **{"input.paths": [str(input_dir)], "output.path": str(output.resolve())})
+    shutil.rmtree(input_dir, ignore_errors=True)  # the demo's own input: a rerun (perhaps of another mode) replaces it
+    write_demo_shards(input_dir, args.rows, mode=cfg.mode)
     if args.overwrite is None:
         cfg.output.overwrite = True  # the demo's own directory: re-running it replaces it
     print("building (or reusing) the tiny random-weight Flex-Omni-architecture model ...", flush=True)
@@ -121,15 +216,19 @@ def run_demo(args: argparse.Namespace) -> int:
     print()
     print(summary_table(result.report))
     print()
-    print(f"outputs in {output}/: kept/ preferences/ dropped/ errors/ judgments/ report.json _SUCCESS")
+    outputs = ["kept/", "preferences/", "dropped/", "errors/", "judgments/", "report.json", "report.html", "_SUCCESS"]
+    if cfg.judging_format().preference_schema() is None:
+        outputs.remove("preferences/")
+    print(f"outputs in {output}/: {' '.join(outputs)}")
     print(f"score the judge against the rows' `label` column, per kind of row:  flexcurate evaluate --from {output} "
           f"--output {output}-eval --set labels.group_column=kind")
-    print(f"new thresholds without the engine:  flexcurate relabel --from {output} --output {output}-relabel "
-          "--set filter.min_margin=3")
+    rule = cfg.judging_format().threshold_rule
+    change = f"filter.{rule.field}={RELABEL_EXAMPLE[rule.field]}" if rule else "filter.require_order_agreement=true"
+    print(f"new rules without the engine:  flexcurate relabel --from {output} --output {output}-relabel --set {change}")
     print(
         "NOTE: the demo judge is a tiny model with RANDOM weights, so its verdicts are noise; only the\n"
         "pipeline around it is real. On GPUs, judge with the real model:\n"
-        "  flexcurate run --config jobs/configs/preference.yaml --input YOUR_SHARDS --output OUT\n"
+        f"  flexcurate run --config jobs/configs/{GPU_CONFIGS[cfg.mode]} --input YOUR_SHARDS --output OUT\n"
         "  (or this config with --set judge.engine.model=jongwooko/Flex-Omni-7B --set judge.engine.device=cuda)"
     )
     return exit_code(result)

@@ -13,8 +13,6 @@ from typing import Any
 from jobs.runtime import add_run_options, config_from_args, exit_code, run_job
 from pipelines.config import ConfigError, load_config
 
-HEADLINE = ("n", "accuracy", "accuracy_excluding_ties", "cohen_kappa", "spearman", "pearson")
-
 
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     evaluate = subparsers.add_parser("evaluate", help="score the judge's verdicts against human labels")
@@ -49,6 +47,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
                           **{"labels.paths": args.labels})
         code = 0
     scores = evaluate_run(run, cfg, args.output)
-    print(json.dumps({k: scores[k] for k in HEADLINE if k in scores}))
+    print(json.dumps({k: scores[k] for k in ("n", *cfg.judging_format().headline_metrics)}))
     print(f"evaluation: {args.output}/eval.json, {args.output}/eval.md")
     return code

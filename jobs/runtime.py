@@ -2,22 +2,25 @@
 run sequence (resolve the model, start or join Ray, check the judge pool fits, run).
 
 Exit codes: 0 the run succeeded; 1 it finished but failed a check (error budget, accounting);
-2 the config, the inputs or the output directory were rejected before anything started.
+2 the command, the config, the inputs, the output directory or the cluster were rejected before
+anything started; 3 the run started and stopped before finishing (rerun the same command to resume).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import socket
 import sys
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, RunConfig, load_config
+from pipelines.errors import RunInterrupted, first_line
 from pipelines.evaluate import LabelError
 from pipelines.finished_run import NotAFinishedRun
-from pipelines.run_dir import OutputExists
+from pipelines.run_dir import OutputExists, OutputUnusable
 from pipelines.shards import ShardError
 
 if TYPE_CHECKING:  # pipelines.curate imports Ray: only the commands that run pay for it
@@ -31,12 +34,53 @@ log = logging.getLogger("flexcurate")
 class ExitCode(IntEnum):
     OK = 0
     RUN_FAILED = 1  # finished, but failed a check; report.json says which
-    REJECTED = 2  # config, inputs or output refused before anything started
+    REJECTED = 2  # command, config, inputs, output or cluster refused before anything started
+    INTERRUPTED = 3  # started, stopped before finishing; committed batches are kept: rerun to resume
     DETACHED = 130  # `submit --wait` stopped following a job that keeps running (Ctrl-C)
 
 
+class ClusterUnavailable(RuntimeError):
+    """The Ray cluster (or its Jobs API) cannot be reached, or refuses our credentials."""
+
+
 # Errors that mean "rejected before anything started": a one-line message and exit code 2.
-REJECTIONS: tuple[type[Exception], ...] = (ConfigError, ShardError, OutputExists, NotAFinishedRun, LabelError)
+REJECTIONS: tuple[type[Exception], ...] = (
+    ConfigError, ShardError, OutputExists, OutputUnusable, ClusterUnavailable, NotAFinishedRun, LabelError
+)
+# Errors that mean "started, then stopped": a one-line message and exit code 3.
+INTERRUPTIONS: tuple[type[Exception], ...] = (RunInterrupted,)
+TOKEN_HINT = (
+    "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) to the cluster's "
+    "token, as for `ray job submit`"
+)
+
+
+def token_configured() -> bool:
+    """Whether this process would present a Ray auth token (RAY_AUTH_MODE=token and a token to send)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return False
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def cluster_unavailable(exc: BaseException, address: str | None, reached: bool = False) -> ClusterUnavailable:
+    """A one-line account of a failure to reach or join a cluster, saying what to do."""
+    from ray.exceptions import AuthenticationError
+
+    where = f"the Ray cluster at {address}" if address else "a local Ray"
+    if isinstance(exc, AuthenticationError):
+        return ClusterUnavailable(f"{where} requires an authentication token and none (or a wrong one) was given: {TOKEN_HINT}")
+    if address and reached and not token_configured():
+        # The GCS took the connection and refused the driver: Ray reports a token it lacks only in its logs.
+        return ClusterUnavailable(
+            f"{where} is up but refused this driver ({first_line(exc)}); if it requires an authentication token: "
+            f"{TOKEN_HINT}"
+        )
+    if not address:
+        return ClusterUnavailable(f"cannot start {where} ({first_line(exc)}); check free memory and disk under /tmp")
+    return ClusterUnavailable(
+        f"cannot reach {where} ({first_line(exc)}); check the address (--address, RAY_ADDRESS) and that the cluster is up"
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +110,10 @@ def config_from_args(args: argparse.Namespace, config_path: str | Path, **values
 
 
 def resolve_model(cfg: RunConfig, *, build: bool = True) -> None:
-    """Replace the tiny-model alias by its local path, building it once if needed (`build`: a command
-    that runs no engine only names it, as a finished run's config does)."""
-    if cfg.judge.engine.model != TINY_MODEL:
+    """Replace the tiny-model alias by its local path, building it once if needed (not for a dry
+    run: the simulated engine loads no model; `build=False`: a command that runs no engine only
+    names it, as a finished run's config does)."""
+    if cfg.judge.engine.model != TINY_MODEL or cfg.judge.engine.backend == "simulated":
         return
     from jobs.tiny_model import build_tiny_omni, default_tiny_model_dir
 
@@ -108,12 +153,27 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -
         return
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {} if verbose else {"logging_level": logging.WARNING}
-    if address:
-        ray.init(address=address, log_to_driver=verbose, **quiet)
-        return
     logical = num_cpus or embedded_ray_cpus()
-    ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=verbose, **quiet)
+    reached = False
+    try:
+        if address:
+            _check_reachable(address)
+            reached = True
+            ray.init(address=address, log_to_driver=verbose, **quiet)
+            return
+        ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=verbose, **quiet)
+    except Exception as exc:
+        raise cluster_unavailable(exc, address, reached) from exc
     log.info("started an embedded local Ray with %d logical CPUs", logical)
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once when a GCS address (HOST:PORT) takes no connection: ray.init would retry for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # ray:// (Ray Client), "auto" and the like: ray.init resolves them
+    with socket.create_connection((host, int(port)), timeout=timeout_s):
+        pass
 
 
 def run_job(cfg: RunConfig, address: str | None, num_cpus: int | None, verbose: bool = False) -> "RunResult":

@@ -6,8 +6,9 @@ runtime env, the entrypoint `python -m jobs run ...` gets the same options as a 
 (e.g. `-- --incremental --state s3://bucket/state`).
 
 Exit codes: without --wait, 0 once the job is accepted. With --wait, the job's own exit code, so a
-cluster run exits like a local one (0 ok, 1 run failed, 2 rejected); 1 when the job failed or was
-stopped without one. 2 when the config is rejected here or the cluster refuses the submission.
+cluster run exits like a local one (0 ok, 1 run failed, 2 rejected, 3 interrupted); 1 when the job
+failed or was stopped without one. 2 when the config is rejected here, or the cluster cannot be
+reached, refuses our token or refuses the submission.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from jobs.placement import SKIP_ENV
-from jobs.runtime import ExitCode
+from jobs.runtime import ExitCode, cluster_unavailable
 from pipelines.config import ConfigError, load_config
+from pipelines.errors import first_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # gitignore-style, relative to the working dir: what never needs to travel with a job.
@@ -185,6 +187,7 @@ def run_submit(args: argparse.Namespace) -> int:
         print(f"flexcurate: {exc}", file=sys.stderr)
         return ExitCode.REJECTED
 
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -199,8 +202,11 @@ def run_submit(args: argparse.Namespace) -> int:
             entrypoint_memory=args.entrypoint_memory,
             entrypoint_resources=args.entrypoint_resources,
         )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        print(f"flexcurate: the cluster did not accept the job: {exc}", file=sys.stderr)
+    except (AuthenticationError, ConnectionError, OSError) as exc:  # unreachable, or refused credentials
+        print(f"flexcurate: {cluster_unavailable(exc, args.address or 'RAY_ADDRESS')}", file=sys.stderr)
+        return ExitCode.REJECTED
+    except (RuntimeError, ValueError) as exc:
+        print(f"flexcurate: the cluster did not accept the job ({first_line(exc)})", file=sys.stderr)
         return ExitCode.REJECTED
     print(job_id, flush=True)
     print(f"flexcurate: submitted {entrypoint}", file=sys.stderr, flush=True)

@@ -83,9 +83,13 @@ class _ActorStage:
         self.stage.close()
 
 
-def read_rows(paths: list[str], filesystem: Any, rows_per_block: int, schema: pa.Schema | None = None) -> Dataset:
+def read_rows(
+    paths: list[str], filesystem: Any, rows_per_block: int, schema: pa.Schema | None = None, row_hash: bool = False
+) -> Dataset:
     """The shards' rows as blocks of at most `rows_per_block` rows, every shard cast to `schema`
-    (pipelines/shards.py `read_schema`: one schema for shards from different writers).
+    (pipelines/shards.py `read_schema`: one schema for shards from different writers); with
+    `row_hash`, each row's `row_hash`: a hash of its shard's path and its position there, for rows
+    without an id.
 
     Ray Data packs row groups into read tasks of up to 128 MiB with one output block each; with
     media columns that is hundreds of rows, and a map stage runs one task per block, so a shard's
@@ -93,7 +97,7 @@ def read_rows(paths: list[str], filesystem: Any, rows_per_block: int, schema: pa
     slicing, no shuffle) cuts the blocks to the first stages' batch size: CPU stages run one task per
     batch, in parallel, and the judge receives batch-sized bundles.
     """
-    dataset = ray.data.read_parquet(paths, filesystem=filesystem, schema=schema)
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem, schema=schema, include_row_hash=row_hash)
     return dataset.repartition(target_num_rows_per_block=rows_per_block)
 
 

@@ -19,12 +19,13 @@ from pydantic import Field, ValidationError, create_model, model_validator
 
 from pipelines.labels import LabelsConfig
 from stages.config import ConfigSection
+from stages.engines.families import modalities_of
 from stages.formats.base import JudgingFormat
-from stages.formats.registry import FORMATS, Mode, judging_format
+from stages.formats.registry import FORMATS, Mode, config_sections, judging_format
 from stages.judge import JudgeConfig
 from stages.media.config import MediaConfig
 from stages.media.fetch import MediaSourceConfig
-from stages.normalize import ColumnsConfig
+from stages.normalize import NormalizeConfig
 from stages.write import OutputConfig
 
 
@@ -32,7 +33,7 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the offending field."""
 
 
-class InputConfig(MediaSourceConfig, ColumnsConfig):  # fields: the last base's first
+class InputConfig(MediaSourceConfig, NormalizeConfig):  # fields: the last base's first
     """The `input` section: the shards, and how their columns and media are read."""
 
     paths: list[str] = Field(
@@ -47,11 +48,7 @@ class InputConfig(MediaSourceConfig, ColumnsConfig):  # fields: the last base's 
 
 # The `filter` section: every judging format's label rules side by side (each field documented by
 # its format); a run applies those of its mode.
-FilterConfig = create_model(
-    "FilterConfig",
-    __base__=tuple(fmt.rules for fmt in reversed(FORMATS.values())),  # fields: the last base's first
-    __doc__="Label rules of every judging format.",
-)
+FilterConfig = create_model("FilterConfig", __base__=config_sections("rules"), __doc__="Label rules of every judging format.")
 
 
 class IncrementalConfig(ConfigSection):
@@ -90,14 +87,40 @@ class RunConfig(ConfigSection):
     )
 
     def judging_format(self) -> JudgingFormat:
-        return judging_format(self.mode)
+        return judging_format(self.mode, self.judge)
 
     @model_validator(mode="after")
     def _coherent(self) -> "RunConfig":
-        if self.judge.swap_order and len(self.judging_format().orders(swap_order=True)) == 1:
+        fmt = self.judging_format()
+        family = self.judge.engine.resolved_family()
+        untaken = sorted(fmt.required_modalities - set(modalities_of(family)))
+        if untaken:
+            raise ValueError(
+                f"mode {self.mode} judges {', '.join(untaken)}, which judge.engine.model {self.judge.engine.model} "
+                f"(family {family}) cannot take; use Flex-Omni-7B"
+            )
+        self._engine_takes_the_media(fmt)
+        if self.judge.swap_order and len(fmt.orders(swap_order=True)) == 1:
             # A format with one answer order has nothing to swap; keep the flag meaningful.
             object.__setattr__(self.judge, "swap_order", False)
         return self
+
+    def _engine_takes_the_media(self, fmt: JudgingFormat) -> None:
+        """The engine reserves memory for the media a request of this mode shows, and only for those
+        (vLLM sizes its encoder cache by these limits): the mode's counts unless the user set limits,
+        which then must hold them."""
+        engine = self.judge.engine
+        taken = set(modalities_of(engine.resolved_family()))
+        needed = {modality: n for modality, n in fmt.media_per_prompt().items() if modality in taken}
+        if "limit_mm_per_prompt" not in engine.model_fields_set:
+            object.__setattr__(engine, "limit_mm_per_prompt", needed)
+            return
+        short = {m: n for m, n in needed.items() if engine.limit_mm_per_prompt.get(m, 0) < n}
+        if short:
+            raise ValueError(
+                f"judge.engine.limit_mm_per_prompt {dict(engine.limit_mm_per_prompt)}: mode {self.mode} shows up to "
+                f"{short} per request; raise it or leave it unset"
+            )
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

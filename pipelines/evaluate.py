@@ -3,8 +3,8 @@
 The rows are the run's own outputs joined with the label shards on id: where each row landed, its
 error reason, and its raw verdicts from judgments/, aggregated by the judging format exactly as the
 label stage does. Label shards are read with the run's own column mapping and normalize stage, so a
-label row gets exactly the id its candidate got in the run (its own id, or the content hash of its
-question, answers and media); the format turns each raw label into its terms and computes the
+label row gets exactly the id its candidate got in the run (its own id; a row without one is known by
+its shard's path and position, so such labels must be the run's own input shards); the format turns each raw label into its terms and computes the
 metrics (stages/formats/). This module joins, counts what could not be joined, and writes. No engine
 and no Ray: a finished run's directory is enough.
 """
@@ -14,16 +14,18 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig
 from pipelines.finished_run import FinishedRun, judgments_by_id
 from pipelines.labels import LabelsConfig
+from pipelines.shard_ids import row_hashes
 from pipelines.shards import expand
 from stages.formats.base import JudgingFormat
 from stages.formats.evaluation import LabelledRow
 from stages.formats.verdicts import Verdict
-from stages.normalize import ColumnsConfig, NormalizeStage
+from stages.normalize import ROW_HASH, ColumnsConfig, NormalizeStage
 from stages.rows import ERROR_REASON, OUTCOMES
 from stages.storage.files import filesystem_for, write_atomically
 from stages.write import JUDGMENTS
@@ -54,7 +56,7 @@ def read_labels(
 ) -> LabelSet:
     """Every label row's id (as the run computed it), label in the format's terms, and group."""
     column, group_column = labels.resolved(columns.preset)
-    normalize = NormalizeStage(fmt, columns)
+    normalize = NormalizeStage(fmt, columns, row_hash=True)
     by_id: dict[str, Label] = {}
     invalid: dict[str, str] = {}
     rows = duplicates = 0
@@ -69,6 +71,8 @@ def read_labels(
             for field, name in (("labels.column", column), ("labels.group_column", group_column)):
                 if name is not None and name not in table.column_names:
                     raise LabelError(f"{field}: shard {path} has no column {name!r} (have {table.column_names})")
+            if ROW_HASH not in table.column_names:  # rows without an id: known by shard path + position
+                table = table.append_column(ROW_HASH, pa.array(row_hashes(path, table.num_rows), pa.uint64()))
             ids = normalize.process(table).column("id").to_pylist()
             values = table.column(column).to_pylist()
             groups = table.column(group_column).to_pylist() if group_column else [None] * len(ids)

@@ -14,6 +14,9 @@ LABEL_PRESETS: dict[str, dict[str, str]] = {
     "vl_rewardbench": {"column": "human_ranking", "group_column": "query_source"},
     # MLLM-as-a-Judge pairs: `human` is A, B or C (a tie).
     "mllm_judge": {"column": "human"},
+    # TIGER-Lab/GenAI-Bench: `vote_type` is leftvote, rightvote, tievote or bothbad_vote.
+    "genai_bench": {"column": "vote_type"},
+    "genai_bench_edition": {"column": "vote_type"},
 }
 DEFAULT_COLUMN = "label"
 

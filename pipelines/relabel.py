@@ -90,7 +90,8 @@ def relabel_run(source: FinishedRun, cfg: RunConfig) -> RunResult:
     label = LabelStage(fmt, cfg.filter)
     write = WriteStage(cfg.output.path, fmt, embed_media=media_reader(cfg) if cfg.output.embed_media else None)
     timings: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    committed = run_dir.committed_ids  # by an interrupted attempt of this relabel: not written again
+    # Written by an interrupted attempt of this relabel: not written again.
+    committed = frozenset(run_dir.committed_ids.to_pylist())
     for batch in source.batches():
         if set(batch.ids) <= committed:
             continue

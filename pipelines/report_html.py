@@ -14,7 +14,7 @@ import html
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,7 @@ from pyarrow import fs as pafs
 from pipelines.config import RunConfig
 from stages.formats.base import JudgingFormat
 from stages.media.config import MediaConfig
-from stages.rows import DROPPED, KEPT, MODALITIES
+from stages.rows import DEFAULT_MEDIA, DROPPED, KEPT
 from stages.storage.files import write_atomically
 
 log = logging.getLogger(__name__)
@@ -177,10 +177,11 @@ def media_html(modality: str, data: bytes, media: MediaConfig) -> str:
     return f'<audio controls preload="metadata" src="{_data_uri("audio/wav", clip.getvalue())}"></audio>'
 
 
-def varied(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
-    """Up to `limit` rows, one of each media kind first (image, audio, video, text only), then in order."""
+def varied(rows: list[dict[str, Any]], limit: int, media: Mapping[str, str] = DEFAULT_MEDIA) -> list[dict[str, Any]]:
+    """Up to `limit` rows, one of each media kind first (image, audio, video, text only), then in order;
+    `media`: the format's media columns and their modalities."""
     def kind(row: dict[str, Any]) -> str:
-        return next((m for m in MODALITIES if row.get(m)), "text")
+        return next((modality for column, modality in media.items() if row.get(column)), "text")
 
     firsts = {}
     for index, row in enumerate(rows):
@@ -198,7 +199,7 @@ def sample_rows(filesystem: pafs.FileSystem, root: str, fmt: JudgingFormat, limi
         if dataset.schema.get_field_index("id") < 0:
             continue
         rows = dataset.head(SAMPLE_POOL).to_pylist()
-        samples += [SampleRow(outcome, row) for row in varied(rows, limit)]
+        samples += [SampleRow(outcome, row) for row in varied(rows, limit, fmt.media)]
     ids = [s.values["id"] for s in samples]
     if ids:
         judgments = pads.dataset(f"{root}/judgments", filesystem=filesystem, format="parquet",
@@ -212,26 +213,36 @@ def sample_rows(filesystem: pafs.FileSystem, root: str, fmt: JudgingFormat, limi
     return samples
 
 
+def _answer_html(label: str, text: Any, chosen: bool, score: Any = None) -> str:
+    score_text = f" · {score:.2f}" if isinstance(score, float) else ""
+    return (f'<div class="answer{" chosen" if chosen else ""}"><h4>{esc(label)}{score_text}{" (chosen)" if chosen else ""}'
+            f'</h4><p>{esc(text)}</p></div>')
+
+
 def _row_html(sample: SampleRow, fmt: JudgingFormat, media: MediaConfig, read_media: MediaReader) -> str:
     values = sample.values
     shown = []
-    for modality in MODALITIES:
-        value = values.get(modality)
+    for column, modality in fmt.media.items():
+        value = values.get(column)
         if not value:
             continue
+        caption = "" if column == modality else f"<figcaption>{esc(column)}</figcaption>"
         try:
             data = read_media(value)
-            shown.append(media_html(modality, data, media) if data else "")
+            shown.append(f"<figure>{media_html(modality, data, media)}{caption}</figure>" if data else "")
         except Exception as exc:  # a row whose media cannot be shown again still gets its card
-            shown.append(f'<p class="empty">{esc(modality)} not shown: {esc(type(exc).__name__)}: {esc(exc)}</p>')
-    answers = "".join(
-        f'<div class="answer{" chosen" if values.get("chosen") == values.get(column) else ""}">'
-        f'<h4>{esc(column)}{" (chosen)" if values.get("chosen") == values.get(column) else ""}</h4>'
-        f'<p>{esc(values.get(column))}</p></div>'
-        for column in fmt.answer_columns
-    )
-    scores = ", ".join(f"{column} {values[column]:.2f}" for column in fmt.result_columns
-                       if isinstance(values.get(column), float))
+            shown.append(f'<p class="empty">{esc(column)} not shown: {esc(type(exc).__name__)}: {esc(exc)}</p>')
+    answers = []
+    for column in fmt.answer_columns:
+        value = values.get(column)
+        if isinstance(value, list):  # one column holding every answer (ranking): each with its mean score
+            scores = values.get("scores") or [None] * len(value)
+            answers += [_answer_html(f"{column}[{i}]", text, text == values.get("chosen"), score)
+                        for i, (text, score) in enumerate(zip(value, scores))]
+        else:
+            answers.append(_answer_html(column, value, values.get("chosen") == value))
+    scores = ", ".join(f"{column} {values[column]:.2f}" if isinstance(values[column], float) else f"{column} {values[column]}"
+                       for column in fmt.result_columns if isinstance(values.get(column), (float, str)))
     reason = f' <span class="reason">{esc(values.get("drop_reason"))}</span>' if values.get("drop_reason") else ""
     verdicts = "".join(
         f'<details{" open" if index == 0 else ""}><summary>verdict {esc(v.get("order"))} #{esc(v.get("sample"))} (attempt {esc(v.get("attempt"))}): '
@@ -242,7 +253,7 @@ def _row_html(sample: SampleRow, fmt: JudgingFormat, media: MediaConfig, read_me
     return (f'<article class="row {esc(sample.outcome)}"><header><b>{esc(sample.outcome)}</b>{reason} '
             f'<code>{esc(values.get("id"))}</code> <span class="scores">{esc(scores)}</span></header>'
             f'<div class="media">{"".join(shown)}</div><p class="question">{esc(values.get("question"))}</p>'
-            f'<div class="answers">{answers}</div>{verdicts or "<p class=empty>no verdicts</p>"}</article>')
+            f'<div class="answers">{"".join(answers)}</div>{verdicts or "<p class=empty>no verdicts</p>"}</article>')
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -256,7 +267,7 @@ svg.chart text{font-size:12px;fill:#222}svg.chart .axis{stroke:#888}svg.chart .m
 .rate b{display:block;font-size:24px}.empty{color:#777}
 .row{border:1px solid #ddd;border-radius:6px;padding:10px;margin:10px 0}.row.kept{border-left:5px solid #16a34a}
 .row.dropped{border-left:5px solid #d97706}.reason{background:#fef3c7;padding:1px 6px;border-radius:4px}
-.media{display:flex;gap:12px;align-items:center;margin:6px 0}.thumb{max-height:192px;border:1px solid #ccc}
+.media{display:flex;gap:12px;align-items:center;margin:6px 0}.media figure{margin:0}figcaption{color:#555;font-size:12px}.thumb{max-height:192px;border:1px solid #ccc}
 .answers{display:flex;gap:12px}.answer{flex:1;background:#f8f8f8;padding:6px 10px;border-radius:4px}
 .answer.chosen{background:#ecfdf5}.answer h4{margin:0;font-size:12px;color:#555}
 pre{white-space:pre-wrap;background:#f4f4f5;padding:8px;max-height:240px;overflow:auto}

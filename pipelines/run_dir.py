@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from pyarrow import fs as pafs
 
 from pipelines.config import RunConfig
@@ -25,11 +26,15 @@ class OutputExists(RuntimeError):
     """The output directory holds a finished run, or an unfinished one of a different run."""
 
 
+class OutputUnusable(RuntimeError):
+    """The output location cannot be used: a malformed URI, no permission, an unreachable bucket."""
+
+
 @dataclass
 class RunDirectory:
     filesystem: pafs.FileSystem
     root: str
-    committed_ids: frozenset[str] = frozenset()
+    committed_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))  # Arrow: millions are cheap
     resumed_batches: int = 0
     removed_orphans: list[str] = field(default_factory=list)
 
@@ -41,11 +46,24 @@ class RunDirectory:
 
 
 def run_identity(cfg: RunConfig, shard_paths: list[str]) -> dict[str, Any]:
-    """What must match for two attempts to be the same run."""
+    """What must match for two attempts to be the same run: what decides each row's outcome.
+
+    Left out: how the attempt was asked for (overwrite, skip_bad_shards), how shards were selected
+    (the incremental section; the shards themselves are in) and the error budget, which only judges
+    the finished whole: a run that failed its budget can be finished with a higher one.
+    """
     config = cfg.model_dump(mode="json")
     config["output"].pop("overwrite", None)
     config["input"].pop("skip_bad_shards", None)
+    config.pop("incremental", None)
+    config.pop("max_error_fraction", None)
     return {"config": config, "shards": sorted(shard_paths)}
+
+
+def is_finished(uri: str) -> bool:
+    """Whether the run directory at `uri` holds a finished run (`_SUCCESS`)."""
+    filesystem, root = filesystem_for(uri)
+    return _exists(filesystem, f"{root.rstrip('/')}/{SUCCESS_MARKER}")
 
 
 def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
@@ -53,6 +71,15 @@ def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
 
 
 def open_run_directory(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
+    """Start the run in cfg.output.path, or resume the unfinished attempt there; OutputExists or
+    OutputUnusable when it cannot."""
+    try:
+        return _open(cfg, shard_paths)
+    except (OSError, pa.ArrowException) as exc:
+        raise OutputUnusable(f"cannot use {cfg.output.path} as the output ({type(exc).__name__}: {exc})") from exc
+
+
+def _open(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
     filesystem, root = filesystem_for(cfg.output.path)
     root = root.rstrip("/")
     identity = run_identity(cfg, shard_paths)
@@ -70,8 +97,9 @@ def open_run_directory(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
             )
         manifests = read_manifests(filesystem, root)
         removed = remove_uncommitted(filesystem, root, manifests)
-        ids = frozenset(i for manifest in manifests for i in manifest["ids"])
-        return RunDirectory(filesystem, root, ids, len(manifests), removed)
+        ids = [pa.array(manifest["ids"], pa.string()) for manifest in manifests]
+        committed = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+        return RunDirectory(filesystem, root, committed, len(manifests), removed)
     if _exists(filesystem, root) and filesystem.get_file_info(pafs.FileSelector(root)):
         raise OutputExists(f"{cfg.output.path} is not empty and holds no flexcurate run; choose another --output")
     filesystem.create_dir(root, recursive=True)

@@ -1,8 +1,9 @@
 """Find the input shards and check them on the driver, before any worker or GPU is asked for.
 
-Reading only Parquet footers, every shard is checked for the columns its mode needs; a shard that
-cannot be opened or lacks a column fails the run here, naming the shard and the column, unless
-`input.skip_bad_shards` lists and skips it.
+Reading only Parquet footers, every shard is checked for the columns its mode needs and against the
+shards before it; a shard that cannot be opened, lacks a column or has a column no type read so far
+can hold fails the run here, naming the shard and the column, unless `input.skip_bad_shards` lists
+and skips it (report.json's `skipped_shards`).
 
 Shards come from many writers (`datasets`, polars, DuckDB, pandas, Spark) that spell one logical
 type differently: large or view strings and binaries, dictionary-encoded strings, non-nullable
@@ -21,7 +22,6 @@ from pyarrow import fs as pafs
 
 from pipelines.config import InputConfig
 from stages.formats.base import JudgingFormat
-from stages.rows import MODALITIES
 from stages.storage.files import filesystem_for
 
 _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
@@ -136,34 +136,47 @@ def read_schema(schemas: dict[str, pa.Schema]) -> pa.Schema:
     """The schema every shard is read as: each column's logical types merged across shards (columns
     in first-seen order, all nullable: a shard without a column reads it as nulls). Raises
     ShardError naming the column and two shards whose types cannot be merged."""
-    merged: dict[str, tuple[pa.DataType, str, pa.DataType]] = {}  # name -> (type, first shard, its type)
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]] = {}
     for path, schema in schemas.items():
-        for column in schema:
-            kind = logical_type(column.type)
-            if column.name not in merged:
-                merged[column.name] = (kind, path, column.type)
-                continue
-            current, first, first_type = merged[column.name]
-            unified = merge_types(current, kind)
-            if unified is None:
-                raise ShardError(
-                    f"column '{column.name}' is {first_type} in shard {first} but {column.type} in shard {path}, "
-                    "and no type holds both; write the shards with one type for it"
-                )
-            merged[column.name] = (unified, first, first_type)
+        merged = _merged_with(merged, path, schema)
     return pa.schema([pa.field(name, kind) for name, (kind, _, _) in merged.items()])
+
+
+def _merged_with(
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]], path: str, schema: pa.Schema
+) -> dict[str, tuple[pa.DataType, str, pa.DataType]]:
+    """`merged` (column -> (type so far, first shard, its type)) with one more shard's columns merged
+    in, as a new dict; ShardError naming the column and both shards when no type holds both."""
+    merged = dict(merged)
+    for column in schema:
+        kind = logical_type(column.type)
+        if column.name not in merged:
+            merged[column.name] = (kind, path, column.type)
+            continue
+        current, first, first_type = merged[column.name]
+        unified = merge_types(current, kind)
+        if unified is None:
+            raise ShardError(
+                f"column '{column.name}' is {first_type} in shard {first} but {column.type} in shard {path}, "
+                "and no type holds both; write the shards with one type for it"
+            )
+        merged[column.name] = (unified, first, first_type)
+    return merged
 
 
 def check_schema(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: InputConfig) -> None:
     mapping = input_cfg.column_mapping()
-    for column in fmt.required_columns(mapping):
+    canonical = {mapping.get(name, name): name for name in (*fmt.columns(), "responses")}
+    for column in fmt.required_columns(mapping, schema.names):
         if column not in schema.names:
             raise ShardError(f"shard {path}: missing required column '{column}' (mode {fmt.mode}; have {schema.names})")
+        if canonical.get(column) in fmt.media:
+            continue  # checked with the other media columns
         field_type = logical_type(schema.field(column).type)
-        wants_list = column == mapping.get("responses")
+        wants_list = column == mapping.get("responses", "responses") or canonical.get(column) in fmt.answer_types
         ok = pa.types.is_list(field_type) or pa.types.is_large_list(field_type) if wants_list else any(t(field_type) for t in _TEXT_TYPES)
         if not ok:
-            expected = "a list of 2 strings" if wants_list else "string"
+            expected = "a list of strings" if wants_list else "string"
             raise ShardError(f"shard {path}: column '{column}' has type {field_type}, expected {expected}")
 
 
@@ -179,9 +192,9 @@ def _media_type_ok(field_type: pa.DataType) -> bool:
     return bool({"bytes", "path"} & set(names)) and bytes_ok and path_ok
 
 
-def check_media_columns(path: str, schema: pa.Schema, input_cfg: InputConfig) -> None:
+def check_media_columns(path: str, schema: pa.Schema, fmt: JudgingFormat, input_cfg: InputConfig) -> None:
     mapping = input_cfg.column_mapping()
-    for canonical in MODALITIES:
+    for canonical in fmt.media:
         column = mapping.get(canonical, canonical)
         if column in schema.names and not _media_type_ok(schema.field(column).type):
             raise ShardError(
@@ -190,9 +203,22 @@ def check_media_columns(path: str, schema: pa.Schema, input_cfg: InputConfig) ->
             )
 
 
-def check_consistent(schemas: dict[str, pa.Schema]) -> None:
-    """Shards of one run must agree on each column's logical type (they are read as one schema)."""
-    read_schema(schemas)
+def check_consistent(schemas: dict[str, pa.Schema], skip_bad_shards: bool = False) -> dict[str, str]:
+    """Shards of one run must agree on each column's logical type (they are read as one schema).
+
+    A shard whose column no type read so far can hold fails the run, or with `skip_bad_shards` is left
+    out: returns path -> why for each shard left out. Later shards are checked against the kept ones.
+    """
+    merged: dict[str, tuple[pa.DataType, str, pa.DataType]] = {}
+    skipped: dict[str, str] = {}
+    for path, schema in schemas.items():
+        try:
+            merged = _merged_with(merged, path, schema)
+        except ShardError as exc:
+            if not skip_bad_shards:
+                raise ShardError(f"{exc} (or pass --skip-bad-shards)") from None
+            skipped[path] = str(exc)
+    return skipped
 
 
 def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> ShardSet:
@@ -215,7 +241,7 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
                 metadata = pq.read_metadata(path, filesystem=fs_here)
                 schema = metadata.schema.to_arrow_schema()
                 check_schema(path, schema, fmt, input_cfg)
-                check_media_columns(path, schema, input_cfg)
+                check_media_columns(path, schema, fmt, input_cfg)
             except Exception as exc:
                 problem = str(exc) if isinstance(exc, ShardError) else f"shard {path}: unreadable ({type(exc).__name__}: {exc})"
                 if not input_cfg.skip_bad_shards:
@@ -224,8 +250,11 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
                 continue
             good[path] = metadata.num_rows
             schemas[path] = schema
+    assert filesystem is not None
+    for path, problem in check_consistent(schemas, input_cfg.skip_bad_shards).items():
+        skipped[path] = problem
+        del good[path]
     if not good:
         raise ShardError(f"no readable shards among {len(skipped)} inputs: " + "; ".join(skipped.values()))
-    assert filesystem is not None
-    check_consistent(schemas)
-    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped, schemas=schemas)
+    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped,
+                    schemas={path: schema for path, schema in schemas.items() if path in good})

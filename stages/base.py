@@ -10,7 +10,16 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from stages.rows import DROP_REASON, ERROR, ERROR_COLUMNS, ERROR_REASON, ERROR_STAGE, describe_exception, reason_of
+from stages.rows import (
+    DROP_REASON,
+    ERROR,
+    ERROR_COLUMNS,
+    ERROR_REASON,
+    ERROR_STAGE,
+    RowDropped,
+    describe_exception,
+    reason_of,
+)
 
 
 class Stage:
@@ -67,15 +76,16 @@ def column_or_nulls(table: pa.Table, column: str) -> list[Any]:
 
 
 class Settlement:
-    """A batch's settled rows and its error columns: which rows a stage skips, and where it records
-    the rows it fails (stage, reason code, original exception)."""
+    """A batch's settled rows and its outcome columns: which rows a stage skips, and where it records
+    the rows it fails (stage, reason code, original exception) or drops (a rule's reason)."""
 
     def __init__(self, table: pa.Table) -> None:
         self.stage = column_or_nulls(table, ERROR_STAGE)
         self.reason = column_or_nulls(table, ERROR_REASON)
         self.error = column_or_nulls(table, ERROR)
-        drops = column_or_nulls(table, DROP_REASON)
-        self.settled = [e is not None or d is not None for e, d in zip(self.stage, drops)]
+        self.drop_reason = column_or_nulls(table, DROP_REASON)
+        self.settled = [e is not None or d is not None for e, d in zip(self.stage, self.drop_reason)]
+        self._dropped_here = False
 
     def pending(self) -> list[int]:
         """Indices of the rows not yet settled: the ones a stage works on."""
@@ -85,18 +95,28 @@ class Settlement:
         self.stage[index], self.reason[index], self.error[index] = stage, reason_of(exc), describe_exception(exc)
         self.settled[index] = True
 
+    def drop(self, index: int, reason: str) -> None:
+        self.drop_reason[index] = reason
+        self.settled[index] = self._dropped_here = True
+
     def apply(self, table: pa.Table) -> pa.Table:
-        """`table` with the error columns as recorded here."""
+        """`table` with the outcome columns as recorded here."""
         values = {ERROR_STAGE: self.stage, ERROR_REASON: self.reason, ERROR: self.error}
-        return with_columns(table, values, ERROR_COLUMNS)
+        types = dict(ERROR_COLUMNS)
+        if self._dropped_here:  # keeping drop reasons the stage itself wrote into the table (labels)
+            current = column_or_nulls(table, DROP_REASON)
+            values[DROP_REASON] = [mine if mine is not None else theirs for mine, theirs in zip(self.drop_reason, current)]
+            types[DROP_REASON] = pa.string()
+        return with_columns(table, values, types)
 
 
 class RowStage(Stage):
     """A stage whose work is per row: `process_row` returns the values of `adds` for one row.
 
     An exception from `process_row` routes that row to errors/ with this stage's name, the
-    exception's reason code and its type and message; the rest of the batch goes on. Settled rows
-    are not processed and keep whatever they already hold in `adds` (e.g. an earlier drop_reason).
+    exception's reason code and its type and message (a `RowDropped` routes it to dropped/ with its
+    reason); the rest of the batch goes on. Settled rows are not processed and keep whatever they
+    already hold in `adds` (e.g. an earlier drop_reason).
     """
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +130,9 @@ class RowStage(Stage):
         for i in settlement.pending():
             try:
                 produced = self.process_row(rows[i])
+            except RowDropped as rule:
+                settlement.drop(i, rule.reason)
+                produced = {}
             except Exception as exc:  # a bad row is data: record it and go on
                 settlement.fail(i, self.name, exc)
                 produced = {}

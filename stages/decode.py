@@ -9,12 +9,14 @@ rate its frames were sampled at, so the engine is told what the data holds, neve
 
 A row whose media cannot be fetched or decoded goes to errors/ with error_stage "decode", its
 reason code in error_reason and an error text such as `MediaError: [image_too_large] header
-declares ...`; see stages/media/errors.py for the codes. A table without some media column (a
-text-only dataset) simply gets nulls.
+declares ...`; see stages/media/errors.py for the codes. Degenerate but readable media that a stated
+rule keeps from judging (a side ratio over 200, a clip under audio_min_seconds, and what the
+`media` section's rules drop) goes to dropped/ with its drop_reason instead. A table without some
+media column (a text-only dataset) simply gets nulls.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -27,59 +29,72 @@ from stages.media.errors import MediaError
 from stages.media.fetch import MediaSourceConfig, load_media_bytes
 from stages.media.image import decode_image
 from stages.media.video import decode_video
-from stages.rows import MODALITIES
+from stages.rows import DEFAULT_MEDIA
 
-IMAGE_PIXELS, IMAGE_SHAPE = "_image_pixels", "_image_shape"
-AUDIO_SAMPLES, AUDIO_RATE = "_audio_samples", "_audio_rate"
-VIDEO_FRAMES, VIDEO_SHAPE, VIDEO_FPS = "_video_frames", "_video_shape", "_video_fps"
 AUDIO_DTYPE = np.dtype("<f4")
+# Per modality, the columns a decoded medium travels in, by suffix: `_{column}{suffix}`.
+DECODED: dict[str, dict[str, pa.DataType]] = {
+    "image": {"_pixels": pa.binary(), "_shape": pa.list_(pa.int32())},
+    "audio": {"_samples": pa.binary(), "_rate": pa.int32()},
+    "video": {"_frames": pa.binary(), "_shape": pa.list_(pa.int32()), "_fps": pa.float64()},
+}
+
+
+def decoded_columns(media: Mapping[str, str]) -> dict[str, pa.DataType]:
+    """The columns decoded media travel in, for media columns (column -> modality)."""
+    return {f"_{column}{suffix}": kind for column, modality in media.items() for suffix, kind in DECODED[modality].items()}
 
 
 class DecodeStage(RowStage):
-    """Fetch (media roots enforced) and decode the media of each row; CPU only, stateless."""
+    """Fetch (media roots enforced) and decode the media of each row; CPU only, stateless. `media`:
+    the judging format's media columns and their modalities (default: image, audio, video)."""
 
     name: ClassVar[str] = "decode"
-    needs = MODALITIES
-    adds = {
-        IMAGE_PIXELS: pa.binary(),
-        IMAGE_SHAPE: pa.list_(pa.int32()),
-        AUDIO_SAMPLES: pa.binary(),
-        AUDIO_RATE: pa.int32(),
-        VIDEO_FRAMES: pa.binary(),
-        VIDEO_SHAPE: pa.list_(pa.int32()),
-        VIDEO_FPS: pa.float64(),
-    }
     num_cpus = 1.0
 
-    def __init__(self, media: MediaConfig, source: MediaSourceConfig, batch_size: int = 16):
+    def __init__(
+        self,
+        media: MediaConfig,
+        source: MediaSourceConfig,
+        batch_size: int = 16,
+        columns: Mapping[str, str] = DEFAULT_MEDIA,
+    ):
         self.media, self.source, self.batch_size = media, source, batch_size
+        self.columns = dict(columns)
+        self.needs = tuple(self.columns)
+        self.adds = decoded_columns(self.columns)
 
     def setup(self) -> None:
         preload()
 
-    def _load(self, row: dict[str, Any], kind: str) -> bytes | None:
+    def _load(self, row: dict[str, Any], column: str) -> bytes | None:
         try:
             return load_media_bytes(
-                row.get(kind),
+                row.get(column),
                 media_roots=self.source.media_roots,
                 allowed_schemes=self.source.allowed_schemes,
                 max_bytes=self.media.max_media_bytes,
             )
         except MediaError as exc:  # media_* reasons do not say which column: add it
-            raise MediaError(exc.reason, f"{kind}: {exc.detail}") from exc.__cause__
+            raise MediaError(exc.reason, f"{column}: {exc.detail}") from exc.__cause__
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        image, audio, video = (self._load(row, kind) for kind in MODALITIES)
-        if image is not None:
-            pixels = decode_image(image, self.media)
-            out[IMAGE_PIXELS], out[IMAGE_SHAPE] = pixels.tobytes(), list(pixels.shape)
-        if audio is not None:
-            samples = decode_audio(audio, self.media).astype(AUDIO_DTYPE, copy=False)
-            out[AUDIO_SAMPLES], out[AUDIO_RATE] = samples.tobytes(), self.media.audio_sample_rate
-        if video is not None:
-            frames, fps = decode_video(video, self.media)
-            out[VIDEO_FRAMES], out[VIDEO_SHAPE], out[VIDEO_FPS] = frames.tobytes(), list(frames.shape), fps
+        for column, modality in self.columns.items():
+            data = self._load(row, column)
+            if data is None:
+                continue
+            if modality == "image":
+                pixels = decode_image(data, self.media)
+                out[f"_{column}_pixels"], out[f"_{column}_shape"] = pixels.tobytes(), list(pixels.shape)
+            elif modality == "audio":
+                samples = decode_audio(data, self.media).astype(AUDIO_DTYPE, copy=False)
+                out[f"_{column}_samples"], out[f"_{column}_rate"] = samples.tobytes(), self.media.audio_sample_rate
+            else:
+                frames, fps = decode_video(data, self.media)
+                out[f"_{column}_frames"], out[f"_{column}_shape"], out[f"_{column}_fps"] = (
+                    frames.tobytes(), list(frames.shape), fps
+                )
         return out
 
 
@@ -93,43 +108,42 @@ def _view(value: Any, dtype: np.dtype | type, shape: tuple[int, ...] | None = No
     return array if shape is None else array.reshape(shape)
 
 
-def _shape(value: Any) -> tuple[int, ...]:
-    return tuple(int(x) for x in (value.as_py() if isinstance(value, pa.Scalar) else value))
+def _plain(value: Any) -> Any:
+    return value.as_py() if isinstance(value, pa.Scalar) else value
 
 
-def image_array(row: dict[str, Any]) -> np.ndarray | None:
-    """uint8 (H, W, 3) from the decode columns of one row, or None when it has no image."""
-    if row.get(IMAGE_PIXELS) is None:
+def image_array(row: dict[str, Any], column: str = "image") -> np.ndarray | None:
+    """uint8 (H, W, 3) from the decode columns of one row, or None when it has no such image."""
+    if row.get(f"_{column}_pixels") is None:
         return None
-    return _view(row[IMAGE_PIXELS], np.uint8, _shape(row[IMAGE_SHAPE]))
+    return _view(row[f"_{column}_pixels"], np.uint8, tuple(int(x) for x in _plain(row[f"_{column}_shape"])))
 
 
-def audio_array(row: dict[str, Any]) -> tuple[np.ndarray, int] | None:
-    """(float32 mono samples, their sample rate), or None when the row has no audio."""
-    if row.get(AUDIO_SAMPLES) is None:
+def audio_array(row: dict[str, Any], column: str = "audio") -> tuple[np.ndarray, int] | None:
+    """(float32 mono samples, their sample rate), or None when the row has no such audio."""
+    if row.get(f"_{column}_samples") is None:
         return None
-    rate = row[AUDIO_RATE]
-    return _view(row[AUDIO_SAMPLES], AUDIO_DTYPE), int(rate.as_py() if isinstance(rate, pa.Scalar) else rate)
+    return _view(row[f"_{column}_samples"], AUDIO_DTYPE), int(_plain(row[f"_{column}_rate"]))
 
 
-def video_array(row: dict[str, Any]) -> tuple[np.ndarray, float] | None:
-    """(uint8 (T, H, W, 3) frames, sampling fps), or None when the row has no video."""
-    if row.get(VIDEO_FRAMES) is None:
+def video_array(row: dict[str, Any], column: str = "video") -> tuple[np.ndarray, float] | None:
+    """(uint8 (T, H, W, 3) frames, sampling fps), or None when the row has no such video."""
+    if row.get(f"_{column}_frames") is None:
         return None
-    frames = _view(row[VIDEO_FRAMES], np.uint8, _shape(row[VIDEO_SHAPE]))
-    fps = row[VIDEO_FPS]
-    return frames, float(fps.as_py() if isinstance(fps, pa.Scalar) else fps)
+    frames = _view(row[f"_{column}_frames"], np.uint8, tuple(int(x) for x in _plain(row[f"_{column}_shape"])))
+    return frames, float(_plain(row[f"_{column}_fps"]))
 
 
-def decoded_media(row: dict[str, Any]) -> dict[str, Any]:
-    """The row's decoded media in the engine's form (`JudgeRequest.multi_modal_data`):
-    "image" -> pixels, "audio" -> (samples, rate), "video" -> (frames, {"fps": fps})."""
+def decoded_media(row: dict[str, Any], columns: Mapping[str, str] = DEFAULT_MEDIA) -> dict[str, Any]:
+    """The row's decoded media by column, each in the engine's form (`JudgeRequest.multi_modal_data`):
+    an image -> pixels, an audio clip -> (samples, rate), a video -> (frames, {"fps": fps})."""
     found: dict[str, Any] = {}
-    if (image := image_array(row)) is not None:
-        found["image"] = image
-    if (audio := audio_array(row)) is not None:
-        found["audio"] = audio
-    if (video := video_array(row)) is not None:
-        frames, fps = video
-        found["video"] = (frames, {"fps": fps})
+    for column, modality in columns.items():
+        if modality == "image" and (image := image_array(row, column)) is not None:
+            found[column] = image
+        elif modality == "audio" and (audio := audio_array(row, column)) is not None:
+            found[column] = audio
+        elif modality == "video" and (video := video_array(row, column)) is not None:
+            frames, fps = video
+            found[column] = (frames, {"fps": fps})
     return found

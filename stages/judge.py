@@ -20,26 +20,28 @@ import math
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, create_model
 
 from stages.base import Settlement, Stage, with_columns
 from stages.config import ConfigSection
-from stages.decode import DecodeStage, decoded_media
+from stages.decode import decoded_columns, decoded_media
 from stages.engines.api import Completion, Engine, JudgeRequest, RequestRejected
 from stages.engines.config import EngineConfig, SamplingConfig
 from stages.engines.factory import EngineFactory
 from stages.engines.feeder import SlotFeeder
 from stages.formats.base import JUDGMENT_TYPE, JudgingFormat
+from stages.formats.registry import config_sections
 from stages.formats.verdicts import Verdict
-from stages.rows import MODALITIES
 
 JUDGE_COLUMNS: dict[str, pa.DataType] = {"judge_model": pa.string(), "judgments": pa.list_(JUDGMENT_TYPE)}
 
 
-class JudgeConfig(ConfigSection):
+class JudgeSettings(ConfigSection):
+    """The judge's own settings; JudgeConfig adds every judging format's request options."""
+
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     replicas: int = Field(default=1, ge=1, description="Fixed number of judge actors (engine replicas).")
@@ -57,8 +59,19 @@ class JudgeConfig(ConfigSection):
         default_factory=dict,
         description="Custom Ray resources per judge actor, e.g. {judge_node: 1} to pin the pool to labelled nodes.",
     )
-    swap_order: bool = Field(default=True, description="Pairwise: judge both answer orders (position-bias remedy).")
+    swap_order: bool = Field(
+        default=True,
+        description="Judge each row in a second order too, mapped back (position-bias remedy): pairwise swaps the "
+        "answers, ranking reverses them, choice swaps left and right; single and MOS have one order.",
+    )
     samples: int = Field(default=1, ge=1, description="Verdicts per order; scores are averaged and votes counted.")
+    aggregate: Literal["mean", "vote"] = Field(
+        default="mean",
+        description="How a row's verdicts decide it: their mean scores, or a majority vote of the verdicts' winners "
+        "(ranking: best answers; choice: options; single and MOS: whole scores), a tie when the most votes are "
+        "shared; the paper's self-consistency, GenAI-Bench 45.2 -> 49.3 at samples: 7. Pairwise and ranking "
+        "scores and margins stay means.",
+    )
     max_retries: int = Field(default=2, ge=0, description="Re-asks (new seed) of a verdict that did not parse.")
     quarantine_after_crashes: int = Field(
         default=2,
@@ -89,6 +102,12 @@ class JudgeConfig(ConfigSection):
         return self.structured_output
 
 
+# The `judge` section: the judge's own settings and every judging format's request options.
+JudgeConfig = create_model(
+    "JudgeConfig", __base__=(*config_sections("options"), JudgeSettings), __doc__="The judge section."
+)
+
+
 def request_seed(base: int, row_id: str, order: str, sample: int, attempt: int) -> int:
     digest = hashlib.blake2b(f"{base}:{row_id}:{order}:{sample}:{attempt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**31 - 1)
@@ -98,8 +117,9 @@ def request_seed(base: int, row_id: str, order: str, sample: int, attempt: int) 
 class _RowJob:
     index: int
     row_id: str
-    prompts: dict[str, str]  # order -> prompt
-    media: dict[str, Any]
+    content: dict[str, Any]  # the row's own columns (no decoded media): what its verdicts are read against
+    requests: dict[str, tuple[str, dict[str, Any]]]  # order -> (prompt, media)
+    regex: str | None  # structured output's verdict shape for this row
     verdicts: list[Verdict] = field(default_factory=list)
     error: Exception | None = None
 
@@ -135,20 +155,16 @@ class JudgeStage(Stage):
         self.judge = judge
         self.family = judge.engine.resolved_family()
         self.orders = fmt.orders(judge.swap_order)
-        regex = (
-            fmt.verdict_regex(reasoning_max_chars=judge.reasoning_max_chars, prefill_think=judge.prefill_think)
-            if judge.structured()
-            else None
-        )
         self.engine_factory = engine_factory or EngineFactory(
             judge.engine,
             judge.sampling,
-            guided_regex=regex,
+            structured=judge.structured(),
             simulated_verdict=fmt.simulated_verdict,
             tensor_parallel_size=judge.tensor_parallel_size,
             cpu_threads=judge.engine_threads(),
         )
-        self.needs = ("id", "question", *fmt.answer_columns, *MODALITIES, *DecodeStage.adds)
+        self.decoded = decoded_columns(fmt.media)
+        self.needs = ("id", *fmt.columns(), *self.decoded)
         self.adds = {**fmt.result_columns, **JUDGE_COLUMNS}
         self.batch_size = judge.batch_size
         self.pool_size = judge.replicas
@@ -190,25 +206,34 @@ class JudgeStage(Stage):
                 settlement.fail(job.index, self.name, job.error)
         # Decoded pixels and samples are the bulk of a row and nothing after the judge reads them:
         # dropping them here keeps label/write batches small and the object store free.
-        decoded = [c for c in DecodeStage.adds if c in table.column_names]
+        decoded = [c for c in self.decoded if c in table.column_names]
         return settlement.apply(with_columns(table.drop_columns(decoded), out, self.adds))
 
     def _job(self, index: int, row: dict[str, Any]) -> _RowJob:
-        media = decoded_media(row)
-        modalities = [m for m in MODALITIES if m in media]
-        prompts = {
-            order: self.fmt.prompt(row, order, modalities, self.family, prefill_think=self.judge.prefill_think)
+        media = decoded_media(row, self.fmt.media)
+        content = {column: row.get(column) for column in self.fmt.columns()}  # what a verdict is read against
+        requests = {
+            order: self.fmt.request(row, order, media, self.family, prefill_think=self.judge.prefill_think)
             for order in self.orders
         }
-        return _RowJob(index=index, row_id=row["id"], prompts=prompts, media=media)
+        regex = (
+            self.fmt.verdict_regex(
+                content, reasoning_max_chars=self.judge.reasoning_max_chars, prefill_think=self.judge.prefill_think
+            )
+            if self.judge.structured()
+            else None
+        )
+        return _RowJob(index=index, row_id=row["id"], content=content, requests=requests, regex=regex)
 
     def _request(self, job: _RowJob, order: str, sample: int, attempt: int) -> tuple[JudgeRequest, _Slot]:
         seed = request_seed(self.judge.sampling.seed, job.row_id, order, sample, attempt)
+        prompt, media = job.requests[order]
         request = JudgeRequest(
             request_id=f"{job.row_id}:{order}:{sample}:{attempt}:{uuid.uuid4().hex[:8]}",
-            prompt=job.prompts[order],
-            multi_modal_data=job.media,
+            prompt=prompt,
+            multi_modal_data=media,
             seed=seed,
+            guided_regex=job.regex,
         )
         return request, _Slot(job, order, sample, attempt, seed)
 
@@ -218,7 +243,7 @@ class JudgeStage(Stage):
         first = [
             self._request(job, order, sample, 0)
             for job in jobs
-            for order in job.prompts
+            for order in job.requests
             for sample in range(self.judge.samples)
         ]
         futures = self.engine.submit_all(request for request, _ in first)
@@ -234,6 +259,7 @@ class JudgeStage(Stage):
                     continue
                 verdict = self.fmt.read(
                     completion.text,
+                    row=job.content,
                     order=order,
                     sample=sample,
                     attempt=attempt,

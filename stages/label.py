@@ -25,7 +25,7 @@ class LabelStage(RowStage):
         self.fmt = fmt
         self.rules = rules  # the run's `filter` section: every format's rules, this format's among them
         self.batch_size = batch_size
-        self.needs = (*fmt.answer_columns, "judgments")
+        self.needs = (*fmt.answer_columns, "judgments", *fmt.result_columns)
         self.adds: dict[str, pa.DataType] = {DROP_REASON: pa.string(), **fmt.label_columns}
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -35,4 +35,4 @@ class LabelStage(RowStage):
             return {DROP_REASON: reason}
         if outcome != KEPT:  # the judge stage already routes unparsed verdicts; never keep one
             raise UnparsedVerdict(reason or REASON_UNPARSED, "row reached labelling without a usable verdict")
-        return self.fmt.labels(row, result)
+        return self.fmt.labels(row, result, self.rules)

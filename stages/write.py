@@ -31,11 +31,10 @@ from stages.rows import (
     ERROR_STAGE,
     ERRORS,
     KEPT,
-    MODALITIES,
     OUTCOMES,
     outcome_of,
 )
-from stages.decode import DecodeStage
+from stages.decode import decoded_columns
 from stages.storage.commit import commit_batch
 from stages.storage.features import with_media_features
 from stages.storage.files import filesystem_for, write_atomically
@@ -48,7 +47,7 @@ STATS_TYPE = pa.string()
 THRESHOLD_VALUES = "threshold_values"  # batch stats: value of the format's threshold column -> rows
 # The pipeline's own columns, never written as row columns: raw verdicts (judgments/ has them) and
 # decoded media (the judge drops them; a row settled before it may still carry them).
-INTERNAL_COLUMNS = frozenset({JUDGMENTS, *DecodeStage.adds})
+
 # Reads one media value's encoded bytes (`stages.media.fetch.load_media_bytes` with the run's roots).
 MediaReader = Callable[[Any], "bytes | None"]
 
@@ -80,6 +79,7 @@ class WriteStage(Stage):
         self.batch_size = batch_size
         self.embed_media = embed_media
         self.adds = {"stats": STATS_TYPE}
+        self.internal = frozenset({JUDGMENTS, *decoded_columns(fmt.media)})
 
     def setup(self) -> None:
         self._fs, self._root = filesystem_for(self.output_path)
@@ -89,14 +89,14 @@ class WriteStage(Stage):
             self.setup()
         errors, drops = column_or_nulls(table, ERROR_STAGE), column_or_nulls(table, DROP_REASON)
         outcome = [outcome_of(e, d) for e, d in zip(errors, drops)]
-        visible = [c for c in table.column_names if c not in INTERNAL_COLUMNS]
+        visible = [c for c in table.column_names if c not in self.internal]
         batch = uuid.uuid4().hex
         parts: dict[str, pa.Table] = {}
         for name in OUTCOMES:
             indices = [i for i, o in enumerate(outcome) if o == name]
             columns = [c for c in visible if not _hidden_in(name, c)]
             part = table.select(columns).take(pa.array(indices, pa.int64()))
-            parts[name] = part.replace_schema_metadata(with_media_features(part.schema).metadata)
+            parts[name] = part.replace_schema_metadata(with_media_features(part.schema, self.fmt.media).metadata)
         preferences = self.fmt.preference_rows(self._embedded(parts[KEPT]))
         if preferences is not None:
             parts[PREFERENCES] = preferences
@@ -116,7 +116,7 @@ class WriteStage(Stage):
         """`kept` with media that came in by path read into `bytes` (the path kept), when embedding is on."""
         if self.embed_media is None:
             return kept
-        for column in MODALITIES:
+        for column in self.fmt.media:
             if column not in kept.column_names:
                 continue
             values = kept.column(column).to_pylist()
@@ -220,9 +220,11 @@ def complete_outputs(filesystem: pafs.FileSystem, root: str, fmt: JudgingFormat)
     row_schema = _first_schema(filesystem, root) or pa.schema([("id", pa.string())])
     base = [f for f in row_schema if f.name not in ERROR_COLUMNS and f.name != DROP_REASON]
     schemas = {
-        KEPT: with_media_features(pa.schema(base)),
-        DROPPED: with_media_features(pa.schema([*base, pa.field(DROP_REASON, pa.string())])),
-        ERRORS: with_media_features(pa.schema([*base, *(pa.field(name, kind) for name, kind in ERROR_COLUMNS.items())])),
+        KEPT: with_media_features(pa.schema(base), fmt.media),
+        DROPPED: with_media_features(pa.schema([*base, pa.field(DROP_REASON, pa.string())]), fmt.media),
+        ERRORS: with_media_features(
+            pa.schema([*base, *(pa.field(name, kind) for name, kind in ERROR_COLUMNS.items())]), fmt.media
+        ),
         JUDGMENTS: pa.schema([pa.field("id", pa.string()), *JUDGMENT_FIELDS]),
     }
     preferences = fmt.preference_schema()

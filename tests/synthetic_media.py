@@ -65,12 +65,12 @@ def gif_animated(width: int = 48, height: int = 32, frames: int = 3) -> bytes:
 
 
 def png_1x1() -> bytes:
-    """A 1x1 PNG (a tracking pixel / placeholder); rejected as image_too_small."""
+    """A 1x1 PNG (a tracking pixel / placeholder): resized up and judged, or dropped by media.min_image_side."""
     return encode_image(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG")
 
 
 def png_extreme_aspect(width: int = 2000, height: int = 4) -> bytes:
-    """A 500:1 strip; smart_resize refuses ratios over 200 -> image_aspect_ratio."""
+    """A 500:1 strip; smart_resize refuses ratios over 200 -> dropped as image_aspect_ratio."""
     return png(width, height)
 
 
@@ -165,7 +165,7 @@ def wav_unusual(seconds: float = 1.0) -> bytes:
 
 
 def wav_zero_seconds() -> bytes:
-    """A well-formed WAV holding no samples -> audio_too_short."""
+    """A well-formed WAV holding no samples -> dropped as audio_too_short."""
     return encode_sound(np.zeros((0, 1), np.float32), 16_000, "WAV", "PCM_16")
 
 
@@ -309,6 +309,18 @@ def good_samples() -> dict[str, tuple[str, bytes]]:
     }
 
 
+def degenerate_samples() -> dict[str, tuple[str, bytes, str | None]]:
+    """name -> (modality, bytes, drop reason or None: judged) under the default MediaConfig: readable
+    media that is never an error."""
+    return {
+        "image_1x1": ("image", png_1x1(), None),
+        "image_strip": ("image", png_extreme_aspect(), "image_aspect_ratio"),
+        "audio_silent": ("audio", wav(1.0, silent=True), None),
+        "audio_zero_seconds": ("audio", wav_zero_seconds(), "audio_too_short"),
+        "audio_too_short": ("audio", wav(0.05), "audio_too_short"),
+    }
+
+
 def bad_samples() -> dict[str, tuple[str, bytes, str]]:
     """name -> (modality, bytes, expected reason) under the default MediaConfig."""
     return {
@@ -318,13 +330,8 @@ def bad_samples() -> dict[str, tuple[str, bytes, str]]:
         "image_empty": ("image", zero_bytes(), "media_empty"),
         "image_bomb": ("image", png_bomb(), "image_too_large"),
         "image_bomb_81m": ("image", png_bomb(9_000, 9_000), "image_too_large"),
-        "image_1x1": ("image", png_1x1(), "image_too_small"),
-        "image_strip": ("image", png_extreme_aspect(), "image_aspect_ratio"),
         "audio_text": ("audio", not_an_image(), "audio_undecodable"),
         "audio_image": ("audio", png(), "audio_undecodable"),
-        "audio_silent": ("audio", wav(1.0, silent=True), "audio_silent"),
-        "audio_zero_seconds": ("audio", wav_zero_seconds(), "audio_too_short"),
-        "audio_too_short": ("audio", wav(0.05), "audio_too_short"),
         "video_text": ("video", not_an_image(), "video_undecodable"),
         "video_truncated": ("video", truncated_mp4(), "video_undecodable"),
         "video_no_frames": ("video", video_no_frames(), "video_no_frames"),

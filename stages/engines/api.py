@@ -18,6 +18,7 @@ class JudgeRequest:
     # (T, H, W, 3), {"fps": sampling rate}); see vllm_engine.py for every accepted form.
     multi_modal_data: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
+    guided_regex: str | None = None  # structured output: the verdict's shape (an engine without it ignores it)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from stages.engines.simulated import VerdictScript
 class EngineFactory:
     engine: EngineConfig
     sampling: SamplingConfig
-    guided_regex: str | None  # structured output: the judging format's verdict regex
+    structured: bool  # structured output on: each request's `guided_regex` constrains its verdict
     simulated_verdict: VerdictScript  # what the simulated backend answers: the format's own shape
     tensor_parallel_size: int = 1
     cpu_threads: int | None = None
@@ -31,7 +31,7 @@ class EngineFactory:
         return VllmEngine(
             self.engine,
             self.sampling,
-            guided_regex=self.guided_regex,
+            structured=self.structured,
             tensor_parallel_size=self.tensor_parallel_size,
             cpu_threads=self.cpu_threads,
             render_in_caller=self.render_in_caller,

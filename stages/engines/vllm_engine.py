@@ -14,9 +14,11 @@ starting the next (what a synchronous `LLM.generate` per batch costs on a GPU).
              what the model's feature extractor expects when they differ.
     "video": np.uint8 array (T, H, W, 3) of already sampled frames, or (frames, {"fps": f}) to
              say at what rate they were sampled (Qwen's temporal positions use it; without it the
-             processor assumes 2.0 fps). One video per request when fps is given.
+             processor assumes 2.0 fps).
 They reach vLLM as: image -> the array itself, audio -> (array, rate), video -> the frame array
-with `mm_processor_kwargs={"fps": f}`. The HF processor of the model then applies its own
+with `mm_processor_kwargs={"fps": f}`. The processor takes one rate per request: videos of one
+request sampled at different rates (clips of different lengths under media.video_max_frames) are
+given their mean rate. The HF processor of the model then applies its own
 min/max pixel bounds.
 
 Failures: a request refused when it is added (prompt longer than max_model_len, media the
@@ -77,7 +79,7 @@ def _rejected(request: JudgeRequest, exc: Exception) -> RequestRejected:
 
 
 def engine_args(
-    engine: EngineConfig, *, guided_regex: str | None, tensor_parallel_size: int = 1
+    engine: EngineConfig, *, structured: bool, tensor_parallel_size: int = 1
 ) -> dict[str, Any]:
     """vLLM `EngineArgs` keywords for this config; `engine.extra` is merged last and wins."""
     chunked = engine.enable_chunked_prefill
@@ -96,7 +98,7 @@ def engine_args(
     )
     if chunked is not None:
         args["enable_chunked_prefill"] = chunked
-    if guided_regex is not None:
+    if structured:
         args["structured_outputs_config"] = {"backend": "xgrammar"}
     args.update(engine.extra)
     return args
@@ -177,15 +179,15 @@ def to_vllm_prompt(request: JudgeRequest, family: ModelFamily = "omni") -> dict[
         elif modality == "audio":
             data["audio"] = [_audio(item) for item in items]
         elif modality == "video":
-            data["video"] = []
+            data["video"], rates = [], []
             for item in items:
                 if isinstance(item, tuple):
                     item, meta = item
                     if meta.get("fps"):
-                        if len(items) > 1:
-                            raise ValueError("video fps can only be given for a single video per request")
-                        prompt["mm_processor_kwargs"] = {"fps": float(meta["fps"])}
+                        rates.append(float(meta["fps"]))
                 data["video"].append(_array(item, "video", np.uint8, 4))
+            if rates:
+                prompt["mm_processor_kwargs"] = {"fps": sum(rates) / len(rates)}
         else:
             raise ValueError(f"unsupported modality {modality!r} (expected image, audio or video)")
     if data:
@@ -201,7 +203,7 @@ class VllmEngine:
         engine: EngineConfig,
         sampling: SamplingConfig,
         *,
-        guided_regex: str | None,
+        structured: bool,
         tensor_parallel_size: int = 1,
         cpu_threads: int | None = None,
         render_in_caller: bool = False,
@@ -212,8 +214,8 @@ class VllmEngine:
         self._require_vllm()
         self._config = engine
         self._sampling = sampling
-        self._guided_regex = guided_regex
-        self._args = engine_args(engine, guided_regex=guided_regex, tensor_parallel_size=tensor_parallel_size)
+        self._structured = structured
+        self._args = engine_args(engine, structured=structured, tensor_parallel_size=tensor_parallel_size)
         self._threads = cpu_threads or engine.cpu_threads or _available_cpus()
         self._render_in_caller = render_in_caller
         self._render_lock = threading.Lock()  # vLLM's renderer and media cache are not known to be thread-safe
@@ -309,7 +311,9 @@ class VllmEngine:
             seed=request.seed,
             output_kind=RequestOutputKind.FINAL_ONLY,
             structured_outputs=(
-                StructuredOutputsParams(regex=self._guided_regex) if self._guided_regex is not None else None
+                StructuredOutputsParams(regex=request.guided_regex)
+                if self._structured and request.guided_regex is not None
+                else None
             ),
         )
 

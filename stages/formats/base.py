@@ -1,10 +1,12 @@
 """The interface of a judging format, and what every format shares.
 
-A judging format is everything about one way of asking the judge: the columns a row needs, the
-requests it makes (answer orders x samples), the prompt per model family, the verdict regex for
-structured output, the parser, how a swapped order maps back, how a row's verdicts aggregate, the
-label rules it offers, where it has them its preference rows, and how its verdicts are scored
-against human labels (evaluation.py). The normalize, judge, label and write stages, the simulated
+A judging format is everything about one way of asking the judge: the columns a row holds (text,
+answer lists, media), the requests it makes (answer orders x samples), the prompt and media of each
+request per model family, the verdict regex for structured output, the parser, how a swapped order
+maps back, how a row's verdicts aggregate (mean, or `judge.aggregate: vote`), the label rules it
+offers, where it has them its preference rows, and how its verdicts are scored against human labels
+(evaluation.py). Its request settings are fields of the `judge` section (`options`), its rules fields
+of the `filter` section (`rules`). The normalize, judge, label and write stages, the simulated
 engine, the run report, evaluation and the run config ask the format; nothing else branches on
 the mode. Adding a format is adding one module beside this one (and to `registry.FORMATS`).
 """
@@ -22,7 +24,7 @@ from stages.engines.api import JudgeRequest
 from stages.formats.evaluation import LabelledRow
 from stages.formats.prompts import chat_prompt, score_verdict_regex, system_prompt_text
 from stages.formats.verdicts import ORDERS, Verdict, parse_scores, verdict_text
-from stages.rows import RowError
+from stages.rows import DEFAULT_MEDIA, MEDIA_TYPE, MODALITIES, RowError
 
 REASON_UNPARSED = "unparsed_verdict"
 
@@ -71,31 +73,73 @@ class Result(Protocol):
 class JudgingFormat(ABC):
     mode: ClassVar[str]  # the run config's `mode` value
     summary: ClassVar[str]  # one line for the config's documentation
-    answer_columns: ClassVar[tuple[str, ...]]  # canonical text columns holding the answers judged
+    texts: ClassVar[tuple[str, ...]] = ("question",)  # canonical text columns besides the answers
+    answer_columns: ClassVar[tuple[str, ...]]  # canonical columns holding the answers judged
+    answer_types: ClassVar[dict[str, pa.DataType]] = {}  # answer columns that are not plain text
+    media: ClassVar[dict[str, str]] = DEFAULT_MEDIA  # media column -> modality
     system_key: ClassVar[str]  # prompts.json system prompt
     scale: ClassVar[tuple[float, float]]  # inclusive score range of one <answer> tag
     n_scores: ClassVar[int]  # <answer> tags in one verdict
-    score_pattern: ClassVar[str]  # one whole-number score of the scale, as regex alternatives
+    score_pattern: ClassVar[str]  # one score of the scale, as regex alternatives
     rules: ClassVar[type[ConfigSection]]  # its label rules; the run config's `filter` section holds them
+    options: ClassVar[type[ConfigSection] | None] = None  # its request settings, in the `judge` section
+    required_modalities: ClassVar[frozenset[str]] = frozenset()  # media the judge model must take
     drop_reasons: ClassVar[dict[str, str]]  # the rules' drop reasons, in the order they apply
     result_columns: ClassVar[dict[str, pa.DataType]]  # per-row aggregate the judge stage adds
     label_columns: ClassVar[dict[str, pa.DataType]] = {}  # what the label stage adds to kept rows
     histograms: ClassVar[dict[str, float]] = {}  # kept rows' column -> bin width, for the run report
     threshold_rule: ClassVar[ThresholdRule | None] = None  # the rule the report's keep-rate curve sweeps
+    headline_metrics: ClassVar[tuple[str, ...]]  # eval.json's numbers `flexcurate evaluate` prints
+
+    def __init__(self, settings: Any = None) -> None:
+        """`settings`: the run's `judge` section (its `aggregate` and this format's options); None: defaults."""
+        self.settings = settings
+
+    @property
+    def vote(self) -> bool:
+        """`judge.aggregate: vote`: a row's winner is its samples' majority, not its mean scores'."""
+        return getattr(self.settings, "aggregate", "mean") == "vote"
+
+    def option(self, name: str) -> Any:
+        """One of this format's `judge` options, its default when the run gave none."""
+        source = self.settings if self.settings is not None and hasattr(self.settings, name) else self.options()
+        return getattr(source, name)
 
     # -- columns ---------------------------------------------------------------------------------
 
-    def required_columns(self, mapping: Mapping[str, str]) -> list[str]:
-        """The user's column names a shard must hold (after the column mapping)."""
-        return [mapping.get(name, name) for name in ("question", *self.answer_columns)]
+    @classmethod
+    def columns(cls) -> dict[str, pa.DataType]:
+        """The canonical columns a row of this format holds besides its id, in output order."""
+        answers = {column: cls.answer_types.get(column, pa.string()) for column in cls.answer_columns}
+        return {**{column: pa.string() for column in cls.texts}, **answers, **{c: MEDIA_TYPE for c in cls.media}}
+
+    @classmethod
+    def media_per_prompt(cls) -> dict[str, int]:
+        """The most items of each modality one request shows (one per media column); 0: none."""
+        return {modality: list(cls.media.values()).count(modality) for modality in MODALITIES}
+
+    def required_columns(self, mapping: Mapping[str, str], present: Sequence[str]) -> list[str]:
+        """The user's column names a shard must hold (after the column mapping); `present` are the
+        shard's, for formats whose rows come in more than one layout."""
+        return [mapping.get(name, name) for name in (*self.texts, *self.answer_columns)]
 
     def answers(self, get: Callable[[str], Any], mapping: Mapping[str, str]) -> dict[str, Any]:
         """The canonical answer columns of one row; `get` reads a canonical name from the user's row
         (`mapping` is the run's column mapping)."""
         return {column: get(column) for column in self.answer_columns}
 
-    def drop_before_judging(self, answers: Mapping[str, str]) -> str | None:
-        """A drop reason for a row whose (checked) answers cannot make a verdict worth its GPU time."""
+    def check_row(self, row: Mapping[str, Any]) -> None:
+        """RowRejected when the row's content cannot make a request of this format (e.g. missing media)."""
+
+    def check_answers(self, row: dict[str, Any], check: Callable[[Any, str], str]) -> None:
+        """Check (and convert) answers that are not plain text columns with `check(value, column)`."""
+
+    def judged_texts(self, row: Mapping[str, Any]) -> tuple[str, ...]:
+        """The text columns of this row the judge reads: each must be non-empty text."""
+        return (*self.texts, *(c for c in self.answer_columns if c not in self.answer_types))
+
+    def drop_before_judging(self, row: Mapping[str, Any]) -> str | None:
+        """A drop reason for a row whose (checked) content cannot make a verdict worth its GPU time."""
         return None
 
     # -- requests --------------------------------------------------------------------------------
@@ -114,22 +158,42 @@ class JudgingFormat(ABC):
     def user_message(self, question: str, answers: Sequence[str], media: Sequence[str], family: str) -> str:
         """SPEC's user message for these answers (in the order shown) and media."""
 
-    def prompt(
-        self, row: Mapping[str, Any], order: str, media: Sequence[str], family: str, *, prefill_think: bool
-    ) -> str:
-        """The full ChatML prompt of one request."""
-        user = self.user_message(row["question"], self.shown_answers(row, order), media, family)
-        return chat_prompt(system_prompt_text(self.system_key), user, prefill_think=prefill_think)
+    def system_prompt(self, row: Mapping[str, Any]) -> str:
+        return system_prompt_text(self.system_key)
 
-    def verdict_regex(self, *, reasoning_max_chars: int, prefill_think: bool) -> str:
+    def request(
+        self, row: Mapping[str, Any], order: str, media: Mapping[str, Any], family: str, *, prefill_think: bool
+    ) -> tuple[str, dict[str, Any]]:
+        """One request's ChatML prompt and its media (`JudgeRequest.multi_modal_data`), from the row and
+        its decoded media by column. Here: the row's media first, one item per modality, in MODALITIES
+        order, then the question and the answers in the order shown."""
+        present = [column for column in self.media if column in media]
+        data = {self.media[column]: media[column] for column in present}
+        user = self.user_message(row["question"], self.shown_answers(row, order), list(data), family)
+        return chat_prompt(self.system_prompt(row), user, prefill_think=prefill_think), data
+
+    def score_count(self, row: Mapping[str, Any] | None) -> int | None:
+        """<answer> tags in a verdict on `row` (None: not known without the row)."""
+        return self.n_scores
+
+    def verdict_regex(self, row: Mapping[str, Any] | None = None, *, reasoning_max_chars: int, prefill_think: bool) -> str:
+        """The structured-output regex of a verdict on `row`."""
+        count = self.score_count(row)
+        if count is None:
+            raise ValueError(f"a {self.mode} verdict's regex depends on the row")
         return score_verdict_regex(
-            self.score_pattern, self.n_scores, reasoning_max_chars=reasoning_max_chars, prefill_think=prefill_think
+            self.score_pattern, count, reasoning_max_chars=reasoning_max_chars, prefill_think=prefill_think
         )
 
     # -- verdicts --------------------------------------------------------------------------------
 
-    def parse(self, text: str, *, think_prefilled: bool = False) -> tuple[float, ...] | None:
-        return parse_scores(text, self.n_scores, scale=self.scale, think_prefilled=think_prefilled)
+    def parse(
+        self, text: str, *, row: Mapping[str, Any] | None = None, think_prefilled: bool = False
+    ) -> tuple[float, ...] | None:
+        count = self.score_count(row)
+        if count is None:
+            raise ValueError(f"a {self.mode} verdict is read against its row")
+        return parse_scores(text, count, scale=self.scale, think_prefilled=think_prefilled)
 
     def to_original(self, scores: Sequence[float], order: str) -> tuple[float, ...]:
         """Scores as shown -> scores in the row's own answer order."""
@@ -137,19 +201,31 @@ class JudgingFormat(ABC):
             raise ValueError(f"{self.mode} judging has only the 'ab' order, not {order!r}")
         return tuple(scores)
 
-    def verdict(self, order: str, scores: Sequence[float] | None, **fields: Any) -> Verdict:
+    def verdict(
+        self, order: str, scores: Sequence[float] | None, *, row: Mapping[str, Any] | None = None, **fields: Any
+    ) -> Verdict:
         """A Verdict of this format: scores checked against its shape and mapped back to the row's order."""
         if order not in ORDERS:
             raise ValueError(f"unknown answer order {order!r}; expected one of {ORDERS}")
         shown = None if scores is None else tuple(float(s) for s in scores)
-        if shown is not None and len(shown) != self.n_scores:
-            raise ValueError(f"a {self.mode} verdict holds {self.n_scores} score(s), not {len(shown)}")
+        count = self.score_count(row)
+        if shown is not None and count is not None and len(shown) != count:
+            raise ValueError(f"a {self.mode} verdict holds {count} score(s), not {len(shown)}")
         original = None if shown is None else self.to_original(shown, order)
         return Verdict(order=order, scores=shown, original_scores=original, **fields)  # type: ignore[arg-type]
 
-    def read(self, text: str, *, order: str = "ab", think_prefilled: bool = False, **fields: Any) -> Verdict:
-        """Parse one completion's text into a Verdict."""
-        return self.verdict(order, self.parse(text, think_prefilled=think_prefilled), text=text, **fields)
+    def read(
+        self,
+        text: str,
+        *,
+        row: Mapping[str, Any] | None = None,
+        order: str = "ab",
+        think_prefilled: bool = False,
+        **fields: Any,
+    ) -> Verdict:
+        """Parse one completion's text (a verdict on `row`) into a Verdict."""
+        scores = self.parse(text, row=row, think_prefilled=think_prefilled)
+        return self.verdict(order, scores, row=row, text=text, **fields)
 
     @abstractmethod
     def aggregate(self, verdicts: Sequence[Verdict]) -> Result:
@@ -168,7 +244,7 @@ class JudgingFormat(ABC):
     def decide(self, result: Any, rules: Any) -> tuple[str, str | None]:
         """(outcome, reason) by the format's rules, in the order of `drop_reasons`; kept rows: reason None."""
 
-    def labels(self, row: Mapping[str, Any], result: Any) -> dict[str, Any]:
+    def labels(self, row: Mapping[str, Any], result: Any, rules: Any) -> dict[str, Any]:
         """The `label_columns` of a kept row."""
         return {}
 
@@ -196,7 +272,14 @@ class JudgingFormat(ABC):
         """A well-formed verdict drawn from the request's seed: what a dry run's engine answers."""
         rng = random.Random(request.seed)
         low, high = (int(bound) for bound in self.scale)
-        return verdict_text(*(rng.randint(low, high) for _ in range(self.n_scores)))
+        return verdict_text(*(rng.randint(low, high) for _ in range(self.simulated_count(request))))
+
+    def simulated_count(self, request: JudgeRequest) -> int:
+        """<answer> tags a simulated verdict on this request holds."""
+        count = self.score_count(None)
+        if count is None:
+            raise NotImplementedError(f"{self.mode} must say how many scores a request wants")
+        return count
 
     def preference_schema(self) -> pa.Schema | None:
         """The schema of preferences/, for formats that make preference rows."""

@@ -88,3 +88,15 @@ def grid(low: float, high: float, step: float) -> list[float]:
     """low, low + step, ..., high (inclusive), without float drift."""
     count = int(round((high - low) / step))
     return [round(low + i * step, 6) for i in range(count + 1)]
+
+
+def by_group(rows: Sequence[LabelledRow], correct: Sequence[bool]) -> dict[str, Any]:
+    """Accuracy per label group (`by_group`) and their unweighted mean (`macro_accuracy`); empty and
+    None when the rows have no groups."""
+    groups = sorted({row.group for row in rows if row.group is not None})
+    accuracy = {
+        group: ratio(sum(ok for row, ok in zip(rows, correct) if row.group == group), sum(row.group == group for row in rows))
+        for group in groups
+    }
+    defined = [value for value in accuracy.values() if value is not None]
+    return {"by_group": accuracy, "macro_accuracy": ratio(sum(defined), len(defined)) if groups else None}

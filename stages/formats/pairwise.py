@@ -18,6 +18,8 @@ Decision rules, applied in this order; the first failure is the reason:
 Threshold comparisons allow a 1e-9 float tolerance (a margin of 0.9999999999 from averaging
 counts as 1.0); tie detection on means uses the same tolerance.
 Before judging, a pair whose two answers are the same text is dropped (`identical_responses`).
+With `judge.aggregate: vote` the winner is the samples' majority (the paper's k=7 self-consistency);
+scores, margin and the rules' thresholds stay on the mean scores.
 
 Position bias, in every run's report and in evaluation: `order_agreement_rate`, over rows judged in
 both orders, the fraction whose two orders pick the same (non-tie) winner; `first_position_win_rate`,
@@ -38,11 +40,12 @@ import pyarrow as pa
 from pydantic import Field
 
 from stages.config import ConfigSection
+from stages.formats import position_bias
 from stages.formats.base import REASON_UNPARSED, JudgingFormat, ThresholdRule
-from stages.formats.evaluation import LabelledRow, bootstrap_ci, cohen_kappa, grid, ratio
-from stages.formats.preferences import preference_schema, preference_table
+from stages.formats.evaluation import LabelledRow, bootstrap_ci, by_group, cohen_kappa, grid, ratio
+from stages.formats.preferences import preference_row, preference_schema, preference_table
 from stages.formats.prompts import check_user_text, with_media
-from stages.formats.verdicts import EPS, ORDERS, Verdict, final_verdicts, mean
+from stages.formats.verdicts import EPS, ORDERS, Verdict, final_verdicts, mean, plurality
 from stages.rows import DROPPED, ERRORS, KEPT, RowRejected
 
 Winner = Literal["a", "b", "tie"]
@@ -54,11 +57,20 @@ REASON_MARGIN = "margin_below_min"
 REASON_CHOSEN_SCORE = "chosen_score_below_min"
 
 
-class PairwiseRules(ConfigSection):
-    min_margin: float = Field(default=1.0, ge=0, description="Pairwise: chosen minus rejected mean score, at least.")
-    min_chosen_score: float = Field(default=0.0, ge=0, description="Pairwise: chosen mean score, at least.")
+class OrderAgreementRule(ConfigSection):
     require_order_agreement: bool = Field(
-        default=True, description="Pairwise: both orders must pick the same winner."
+        default=True,
+        description="Pairwise, ranking and choice: every verdict (both answer orders, every sample) must pick "
+        "the same winner.",
+    )
+
+
+class PairwiseRules(OrderAgreementRule):
+    min_margin: float = Field(
+        default=1.0, ge=0, description="Pairwise and ranking: chosen minus rejected mean score, at least."
+    )
+    min_chosen_score: float = Field(
+        default=0.0, ge=0, description="Pairwise and ranking: chosen (best) mean score, at least."
     )
 
 
@@ -87,7 +99,9 @@ class PairwiseResult:
     order_agreement: True iff at least one slot parsed and every parsed slot picks the same
         non-tie winner. A tied slot breaks agreement. With only one order judged (swap_order off)
         it means every sample of that order agrees (with one sample: that sample is not a tie).
-    winner: from the means ("tie" when equal within 1e-9; None when nothing parsed).
+    winner: from the means ("tie" when equal within 1e-9; None when nothing parsed); with
+        `judge.aggregate: vote`, the winner most parsed slots picked ("tie" when a, b or tie share
+        the most votes).
     margin: |mean_a - mean_b| (None when nothing parsed).
     unparsed_slots: (order, sample) of slots with no parsed attempt; never counted as ties.
     """
@@ -161,13 +175,14 @@ class PairwiseFormat(JudgingFormat):
     }
     histograms = {"score_chosen": 1.0, "score_rejected": 1.0, "margin": 1.0}
     threshold_rule = ThresholdRule("min_margin", "margin", REASON_MARGIN)
+    headline_metrics = ("accuracy", "accuracy_excluding_ties", "cohen_kappa")
 
     # -- columns ---------------------------------------------------------------------------------
 
-    def required_columns(self, mapping: Mapping[str, str]) -> list[str]:
+    def required_columns(self, mapping: Mapping[str, str], present: Sequence[str]) -> list[str]:
         if "responses" in mapping:  # one list column holding both answers
             return [mapping.get("question", "question"), mapping["responses"]]
-        return super().required_columns(mapping)
+        return super().required_columns(mapping, present)
 
     def answers(self, get: Callable[[str], Any], mapping: Mapping[str, str]) -> dict[str, Any]:
         if "responses" not in mapping:
@@ -177,8 +192,8 @@ class PairwiseFormat(JudgingFormat):
             raise RowRejected("invalid_responses", f"expected a list of 2 responses, got {answers!r:.80}")
         return dict(zip(self.answer_columns, answers))
 
-    def drop_before_judging(self, answers: Mapping[str, str]) -> str | None:
-        a, b = (answers[column] for column in self.answer_columns)
+    def drop_before_judging(self, row: Mapping[str, Any]) -> str | None:
+        a, b = (row[column] for column in self.answer_columns)
         return REASON_IDENTICAL if a.strip() == b.strip() else None
 
     # -- requests --------------------------------------------------------------------------------
@@ -245,7 +260,7 @@ class PairwiseFormat(JudgingFormat):
             winner_ab=per_order["ab"],
             winner_ba=per_order["ba"],
             order_agreement=agreement,
-            winner=_winner_of_means(mean_a, mean_b),
+            winner=plurality(winners, tie="tie") if self.vote else _winner_of_means(mean_a, mean_b),
             margin=None if mean_a is None or mean_b is None else abs(mean_a - mean_b),
             n_slots=len(slots),
             n_parsed=len(parsed),
@@ -267,7 +282,7 @@ class PairwiseFormat(JudgingFormat):
             return DROPPED, REASON_CHOSEN_SCORE
         return KEPT, None
 
-    def labels(self, row: Mapping[str, Any], result: PairwiseResult) -> dict[str, Any]:
+    def labels(self, row: Mapping[str, Any], result: PairwiseResult, rules: PairwiseRules) -> dict[str, Any]:
         a, b = (row[column] for column in self.answer_columns)
         a_wins = result.winner == "a"
         return {
@@ -280,22 +295,16 @@ class PairwiseFormat(JudgingFormat):
     # -- what the run report and evaluation read -------------------------------------------------
 
     def tally(self, verdicts: Sequence[Verdict]) -> dict[str, int]:
-        result = self.aggregate(verdicts)
-        tallies: Counter[str] = Counter()
-        if result.winner_ab is not None and result.winner_ba is not None:
-            tallies["rows_judged_both_orders"] += 1
-            tallies["rows_orders_agree"] += result.winner_ab == result.winner_ba != "tie"
-        for verdict in final_verdicts(verdicts).values():
-            if verdict.scores is not None and verdict.scores[0] != verdict.scores[1]:
-                tallies["verdicts_with_winner"] += 1
-                tallies["first_position_wins"] += verdict.scores[0] > verdict.scores[1]  # as shown
-        return dict(tallies)
+        return position_bias.tally(verdicts, self._order_winner, position_bias.first_of_two_wins)
+
+    def _order_winner(self, verdicts: list[Verdict]) -> Optional[Winner]:
+        """The winner of one order's verdicts, from their mean scores; None for a tie."""
+        scores = [v.original_scores or () for v in verdicts]
+        winner = _winner_of_means(mean([s[0] for s in scores]), mean([s[1] for s in scores]))
+        return None if winner == "tie" else winner
 
     def rates(self, tallies: Mapping[str, int]) -> dict[str, Optional[float]]:
-        return {
-            "order_agreement_rate": ratio(tallies.get("rows_orders_agree", 0), tallies.get("rows_judged_both_orders", 0)),
-            "first_position_win_rate": ratio(tallies.get("first_position_wins", 0), tallies.get("verdicts_with_winner", 0)),
-        }
+        return position_bias.rates(tallies)
 
     def canonical_label(self, raw: Any) -> Winner:
         """'a', 'b' or 'tie' from `a` / `b` / `tie` (any case), MLLM-as-a-Judge's `A` / `B` / `C` (C: a tie),
@@ -316,12 +325,6 @@ class PairwiseFormat(JudgingFormat):
         counts = Counter(status)
         n = len(preferred)
         decided = n - counts["judge_tie"] - counts["unparsed"] - counts["not_judged"]
-        groups = sorted({row.group for row in preferred if row.group is not None})
-        by_group = {
-            group: ratio(sum(s == "correct" for r, s in zip(preferred, status) if r.group == group),
-                         sum(r.group == group for r in preferred))
-            for group in groups
-        }
         return {
             "n": n,
             "human_ties": len(rows) - n,
@@ -333,9 +336,8 @@ class PairwiseFormat(JudgingFormat):
             "accuracy_excluding_ties": ratio(counts["correct"], decided),
             "cohen_kappa": cohen_kappa([(result.winner, row.label) for row, result, s in zip(preferred, results, status)
                                         if s in ("correct", "wrong")]),
-            **self.rates(_summed(self.tally(row.verdicts) for row in rows if row.verdicts)),
-            "by_group": by_group,
-            "macro_accuracy": ratio(sum(v for v in by_group.values() if v is not None), len(by_group)) if groups else None,
+            **position_bias.summed_rates(self.tally(row.verdicts) for row in rows if row.verdicts),
+            **by_group(preferred, [s == "correct" for s in status]),
             "thresholds": self._thresholds(preferred, results, status, rules),
         }
 
@@ -362,7 +364,11 @@ class PairwiseFormat(JudgingFormat):
         return preference_schema()
 
     def preference_rows(self, kept: pa.Table) -> pa.Table:
-        return preference_table(kept)
+        """One DPO row per kept row, from its `chosen` / `rejected` labels."""
+        return preference_table([
+            preference_row(row, row["chosen"], row["rejected"], row["score_chosen"], row["score_rejected"])
+            for row in kept.to_pylist()
+        ])
 
 
 def _status(row: LabelledRow, result: PairwiseResult) -> str:
@@ -374,10 +380,3 @@ def _status(row: LabelledRow, result: PairwiseResult) -> str:
     if result.winner == "tie":
         return "judge_tie"
     return "correct" if result.winner == row.label else "wrong"
-
-
-def _summed(tallies: Any) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for counts in tallies:
-        total.update(counts)
-    return total

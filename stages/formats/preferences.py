@@ -16,7 +16,6 @@ import pyarrow as pa
 from stages.rows import MODALITIES
 
 _MEDIA_LISTS = {"image": "images", "audio": "audios", "video": "videos"}
-_FROM_KEPT = ("id", "question", "chosen", "rejected", "score_chosen", "score_rejected", "margin", "judge_model")
 
 
 @lru_cache(maxsize=1)
@@ -65,23 +64,25 @@ def _assistant(text: str) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
-def preference_table(kept: pa.Table) -> pa.Table:
-    """One DPO row per kept row (which holds `chosen`, `rejected` and their scores)."""
-    columns = [c for c in (*_FROM_KEPT, *MODALITIES) if c in kept.column_names]
-    rows = []
-    for row in kept.select(columns).to_pylist():
-        media = [m for m in MODALITIES if row.get(m) is not None]
-        rows.append(
-            {
-                "id": row["id"],
-                "prompt": [trl_user_message(row["question"], media)],
-                "chosen": _assistant(row["chosen"]),
-                "rejected": _assistant(row["rejected"]),
-                **{_MEDIA_LISTS[m]: [row[m]] if row.get(m) else [] for m in MODALITIES},
-                "score_chosen": row["score_chosen"],
-                "score_rejected": row["score_rejected"],
-                "margin": row["margin"],
-                "judge_model": row["judge_model"],
-            }
-        )
+def preference_row(
+    row: dict[str, Any], chosen: str, rejected: str, score_chosen: float, score_rejected: float
+) -> dict[str, Any]:
+    """One DPO row: `row` (a kept row: id, question, its media, judge_model) preferring `chosen` to
+    `rejected`, with their scores."""
+    media = [m for m in MODALITIES if row.get(m) is not None]
+    return {
+        "id": row["id"],
+        "prompt": [trl_user_message(row["question"], media)],
+        "chosen": _assistant(chosen),
+        "rejected": _assistant(rejected),
+        **{_MEDIA_LISTS[m]: [row[m]] if row.get(m) else [] for m in MODALITIES},
+        "score_chosen": score_chosen,
+        "score_rejected": score_rejected,
+        "margin": score_chosen - score_rejected,
+        "judge_model": row["judge_model"],
+    }
+
+
+def preference_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """preferences/ rows (from `preference_row`) as a table with the schema and its features."""
     return pa.Table.from_pylist(rows, schema=preference_schema())

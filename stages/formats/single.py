@@ -4,6 +4,8 @@ Decision rules, applied in this order; the first failure is the reason:
   1. errors  `unparsed_verdict`  any slot unparsed after retries, or no slot at all.
   2. dropped `score_below_min`   mean score < filter.min_score (1e-9 float tolerance).
   otherwise kept, reason None.
+With `judge.aggregate: vote` the row's score is the whole score most samples gave (scores sharing
+the most votes average), instead of the mean.
 
 Evaluation against a human score (a rating or MOS per row, `evaluate`): Pearson, Spearman, Kendall's
 tau and the mean squared error between the row's mean judge score and the label, over the rows with a
@@ -39,9 +41,10 @@ class SingleResult:
     n_slots: int
     n_parsed: int
     unparsed_slots: tuple[tuple[str, int], ...]
+    column: str = "score"  # the result column the score is written to
 
     def columns(self) -> dict[str, Any]:
-        return {"score": self.mean_score}
+        return {self.column: self.mean_score}
 
 
 class SingleFormat(JudgingFormat):
@@ -57,6 +60,7 @@ class SingleFormat(JudgingFormat):
     result_columns = {"score": pa.float64()}
     histograms = {"score": 0.5}
     threshold_rule = ThresholdRule("min_score", "score", REASON_SCORE)
+    headline_metrics = ("spearman", "pearson")
 
     def user_message(self, question: str, answers: Sequence[str], media: Sequence[str], family: str) -> str:
         """SPEC: `{media}\\n\\n[Question]\\n{q}\\n\\n[Assistant's Answer]\\n{a}`."""
@@ -77,17 +81,32 @@ class SingleFormat(JudgingFormat):
                 raise ValueError(f"single verdict {slot} holds {len(verdict.original_scores)} scores, not 1")
             scores.append(verdict.original_scores[0])
         return SingleResult(
-            mean_score=mean(scores),
+            mean_score=self._voted(scores) if self.vote else mean(scores),
             n_slots=len(slots),
             n_parsed=len(scores),
             unparsed_slots=tuple(slot for slot, v in slots.items() if not v.parsed),
+            column=self.threshold_rule.column,
         )
 
-    def decide(self, result: SingleResult, rules: SingleRules) -> tuple[str, Optional[str]]:
+    @staticmethod
+    def _voted(scores: Sequence[float]) -> Optional[float]:
+        """The score bucket (the nearest whole score) most samples gave; buckets sharing the most votes
+        average (a tie among buckets)."""
+        if not scores:
+            return None
+        buckets: dict[float, int] = {}
+        for score in scores:
+            bucket = float(math.floor(score + 0.5))  # halves round up (round() would send 2.5 to 2, 3.5 to 4)
+            buckets[bucket] = buckets.get(bucket, 0) + 1
+        most = max(buckets.values())
+        return mean([bucket for bucket, count in buckets.items() if count == most])
+
+    def decide(self, result: SingleResult, rules: Any) -> tuple[str, Optional[str]]:
         if result.unparsed_slots or result.n_parsed == 0 or result.mean_score is None:
             return ERRORS, REASON_UNPARSED
-        if result.mean_score + EPS < rules.min_score:
-            return DROPPED, REASON_SCORE
+        rule = self.threshold_rule
+        if result.mean_score + EPS < getattr(rules, rule.field):
+            return DROPPED, rule.reason
         return KEPT, None
 
     def canonical_label(self, raw: Any) -> float:
@@ -119,11 +138,11 @@ class SingleFormat(JudgingFormat):
         }
 
     def _threshold(
-        self, rows: Sequence[LabelledRow], results: Sequence[SingleResult], rules: SingleRules, min_score: float
+        self, rows: Sequence[LabelledRow], results: Sequence[SingleResult], rules: Any, threshold: float
     ) -> dict[str, Any]:
-        """Keep rate and the kept rows' mean human label at one `filter.min_score`."""
-        variant = rules.model_copy(update={"min_score": min_score})
+        """Keep rate and the kept rows' mean human label at one threshold of the format's rule."""
+        field = self.threshold_rule.field
+        variant = rules.model_copy(update={field: threshold})
         kept = [row.label for row, result in zip(rows, results)
                 if row.outcome != ERRORS and self.decide(result, variant)[0] == KEPT]
-        return {"min_score": min_score, "keep_rate": ratio(len(kept), len(rows)),
-                "kept_mean_label": ratio(sum(kept), len(kept))}
+        return {field: threshold, "keep_rate": ratio(len(kept), len(rows)), "kept_mean_label": ratio(sum(kept), len(kept))}

@@ -50,19 +50,22 @@ def answer_region(text: str, *, think_prefilled: bool = False) -> str | None:
     return region
 
 
+def answer_tags(text: str, *, think_prefilled: bool = False) -> list[str] | None:
+    """The contents of every `<answer>` tag in the answer region, or None while reasoning is open."""
+    if not isinstance(text, str):
+        return None
+    region = answer_region(text, think_prefilled=think_prefilled)
+    return None if region is None else _TAG_RE.findall(region)
+
+
 def parse_scores(
     text: str, expected: int, *, scale: tuple[float, float], think_prefilled: bool = False
 ) -> tuple[float, ...] | None:
     """Scores in the order written, or None when the text is not a well-formed verdict."""
     if expected < 1:
         raise ValueError("expected must be at least 1")
-    if not isinstance(text, str):
-        return None
-    region = answer_region(text, think_prefilled=think_prefilled)
-    if region is None:
-        return None
-    tags = _TAG_RE.findall(region)
-    if len(tags) != expected:
+    tags = answer_tags(text, think_prefilled=think_prefilled)
+    if tags is None or len(tags) != expected:
         return None
     low, high = scale
     scores = []
@@ -154,3 +157,15 @@ def final_verdicts(verdicts: Iterable[Verdict]) -> dict[tuple[str, int], Verdict
 
 def mean(values: Sequence[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
+
+
+def plurality(votes: Sequence[Any], tie: Any) -> Any:
+    """The vote cast most often; `tie` when two or more share the most votes; None without votes."""
+    if not votes:
+        return None
+    counts: dict[Any, int] = {}
+    for vote in votes:
+        counts[vote] = counts.get(vote, 0) + 1
+    most = max(counts.values())
+    leaders = [vote for vote, count in counts.items() if count == most]
+    return leaders[0] if len(leaders) == 1 else tie

@@ -2,7 +2,9 @@
 
 Read with libsndfile first (at most audio_max_seconds of frames, never the length a header claims),
 FFmpeg (PyAV, only the demuxers in AUDIO_DEMUXERS) as the fallback; channels are averaged, soxr
-resamples to media.audio_sample_rate, NaN/inf become 0/+-1, values are clipped to [-1, 1]. A
+resamples to media.audio_sample_rate, NaN/inf become 0/+-1, values are clipped to [-1, 1]. Silence
+is judged like any clip (`media.drop_silent_audio` drops it); a clip under `media.audio_min_seconds`
+is dropped (MediaDropped: dropped/, not errors/). A
 decoder error anywhere in the part read is audio_undecodable (a FLAC cut mid-frame), but where the
 library itself stops quietly at the end of the data (a WAV shorter than its header says, most cut
 MP3s) the samples present are kept.
@@ -15,7 +17,7 @@ import math
 import numpy as np
 
 from stages.media.config import MediaConfig
-from stages.media.errors import MediaError
+from stages.media.errors import MediaDropped, MediaError
 
 SILENCE_PEAK = 1e-4
 MAX_SOURCE_RATE = 768_000
@@ -30,15 +32,15 @@ def decode_audio(data: bytes, cfg: MediaConfig) -> np.ndarray:
     samples, rate = _read_audio(data, cfg.audio_max_seconds)
     seconds = samples.shape[0] / rate
     if seconds < cfg.audio_min_seconds or samples.shape[0] == 0:
-        raise MediaError("audio_too_short", f"{seconds:.3f} s, under audio_min_seconds={cfg.audio_min_seconds}")
+        raise MediaDropped("audio_too_short", f"{seconds:.3f} s, under audio_min_seconds={cfg.audio_min_seconds}")
     mono = samples.mean(axis=1, dtype=np.float64) if samples.shape[1] > 1 else samples[:, 0].astype(np.float64)
     mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
     if rate != cfg.audio_sample_rate:
         mono = soxr.resample(mono, rate, cfg.audio_sample_rate)
     mono = np.clip(mono[: int(round(cfg.audio_max_seconds * cfg.audio_sample_rate))], -1.0, 1.0)
     peak = float(np.abs(mono).max(initial=0.0))
-    if peak < SILENCE_PEAK:
-        raise MediaError("audio_silent", f"peak amplitude {peak:.2e} is under {SILENCE_PEAK:g}")
+    if cfg.drop_silent_audio and peak < SILENCE_PEAK:
+        raise MediaDropped("audio_silent", f"peak amplitude {peak:.2e} is under {SILENCE_PEAK:g}")
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 

@@ -17,12 +17,25 @@ class MediaConfig(ConfigSection):
         description="Images whose header declares more pixels are rejected before decoding "
         "(decompression-bomb guard).",
     )
+    min_image_side: int = Field(
+        default=0,
+        ge=0,
+        description="Images and video frames whose longer side is under this many pixels (tracking pixels, "
+        "spacers) are dropped as image_too_small / video_too_small. 0: every readable image is judged, a tiny one "
+        "resized up to image_min_pixels as Qwen's processors do.",
+    )
     max_media_bytes: int = Field(
         default=256 * 1024 * 1024, gt=0, description="Largest encoded media value accepted, in bytes."
     )
     audio_sample_rate: int = Field(default=16_000, gt=0, description="Qwen's audio encoders expect 16 kHz.")
     audio_max_seconds: float = Field(default=30.0, gt=0, description="Longer clips are cut to this length.")
-    audio_min_seconds: float = Field(default=0.1, ge=0, description="Shorter clips are errors (nothing to judge).")
+    audio_min_seconds: float = Field(
+        default=0.1, ge=0, description="Shorter clips (and clips with no samples) are dropped as audio_too_short."
+    )
+    drop_silent_audio: bool = Field(
+        default=False,
+        description="Drop clips whose peak amplitude stays under 1e-4 (audio_silent); false: silence is judged.",
+    )
     video_fps: float = Field(default=1.0, gt=0, description="Frames sampled per second of video.")
     video_max_frames: int = Field(default=16, ge=2, description="Most frames kept from one video.")
     video_min_pixels: int = Field(default=4 * 28 * 28, gt=0, description="Per-frame smart_resize lower bound.")

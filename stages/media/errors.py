@@ -1,12 +1,14 @@
-"""Why a media value could not become a bounded array: `MediaError` and its reason codes.
+"""Why a media value did not become a bounded array: `MediaError` (it could not be read) and
+`MediaDropped` (it was read, and a stated rule keeps it from judging), with their reason codes.
 
 Every failure in fetching or decoding is a `MediaError` whose `reason` is one of REASONS (its
 `error_reason` in errors/); `str(err)` starts with `[reason]`, then says what was wrong and, when
-another library raised, that exception's type and message.
+another library raised, that exception's type and message. Degenerate but readable media (a tiny
+image, a silent clip) is judged, or dropped by a rule of DROP_REASONS: dropped/, never errors/.
 """
 from __future__ import annotations
 
-from stages.rows import RowError
+from stages.rows import RowDropped, RowError
 
 REASONS: dict[str, str] = {
     "media_empty": "the value (or the file it names) holds zero bytes",
@@ -18,17 +20,11 @@ REASONS: dict[str, str] = {
     "media_unreadable": "the file exists but reading it failed (permissions, network)",
     "image_undecodable": "not an image in an accepted format, or a truncated/corrupt one",
     "image_too_large": "header declares more than image_max_source_pixels (decompression bomb guard)",
-    "image_too_small": "both sides under 14 pixels (one vision patch): placeholders, tracking pixels",
-    "image_aspect_ratio": "smart_resize cannot shape it (side ratio over 200, or a side rounding to 0)",
     "audio_undecodable": "neither libsndfile nor FFmpeg can read an audio stream from it",
-    "audio_too_short": "shorter than audio_min_seconds (including zero samples)",
-    "audio_silent": "peak amplitude below 1e-4 after downmix",
     "video_undecodable": "FFmpeg cannot open the container or decode its video stream",
     "video_no_frames": "no video stream, or the stream yields no frames",
     "video_too_long": "declares (or holds) more than video_max_source_frames frames",
     "video_too_large": "frames declare more than image_max_source_pixels pixels",
-    "video_too_small": "frames under 14 pixels on both sides",
-    "video_aspect_ratio": "smart_resize cannot shape its frames",
 }
 
 
@@ -38,3 +34,20 @@ class MediaError(RowError):
     def __init__(self, reason: str, message: str, cause: BaseException | None = None):
         detail = f"{message} ({type(cause).__name__}: {cause})" if cause is not None else message
         super().__init__(reason, detail)
+
+
+DROP_REASONS: dict[str, str] = {
+    "image_too_small": "longer side under media.min_image_side pixels (off by default: tiny images are resized up "
+    "to the model's minimum, as Qwen's processors do)",
+    "image_aspect_ratio": "sides in a ratio over 200 (Qwen's processors refuse it), or a side that bounding to "
+    "media.image_max_pixels rounds to 0",
+    "video_too_small": "frames' longer side under media.min_image_side pixels (off by default)",
+    "video_aspect_ratio": "frames in a ratio over 200, or a side rounding to 0",
+    "audio_too_short": "shorter than media.audio_min_seconds, or no samples at all",
+    "audio_silent": "peak amplitude below 1e-4 after downmix, with media.drop_silent_audio (off by default: "
+    "silence is judged)",
+}
+
+
+class MediaDropped(RowDropped):
+    """Readable media a stated rule keeps from judging; `reason` is a code listed in DROP_REASONS."""

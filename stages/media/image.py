@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from stages.media.config import MediaConfig
-from stages.media.errors import MediaError
+from stages.media.errors import MediaDropped, MediaError
 from stages.media.resize import resized_shape
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "PPM", "TGA", "ICO", "QOI")  # JPEG covers MPO
@@ -35,12 +35,14 @@ def decode_image(data: bytes, cfg: MediaConfig) -> np.ndarray:
         try:
             orientation = _orientation(image)
             width, height = image.size[::-1] if orientation in (5, 6, 7, 8) else image.size
-            new_height, new_width = resized_shape(height, width, cfg.image_min_pixels, cfg.image_max_pixels, "image")
+            new_height, new_width = resized_shape(
+                height, width, cfg.image_min_pixels, cfg.image_max_pixels, "image", cfg.min_image_side
+            )
             rgb = _to_rgb(_load_oriented(image, orientation, new_width, new_height))
             if rgb.size != (new_width, new_height):
                 rgb = rgb.resize((new_width, new_height), Image.Resampling.BICUBIC)
             return np.array(rgb, dtype=np.uint8)
-        except MediaError:
+        except (MediaError, MediaDropped):
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise MediaError("image_too_large", "Pillow flagged a decompression bomb", exc) from exc

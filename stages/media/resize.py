@@ -1,17 +1,16 @@
 """Qwen's resize rule: the bounded shape an image or a video frame is resized to.
 
-A source under MIN_SOURCE_SIDE (14) pixels on both sides is rejected as `{kind}_too_small` rather
-than blown up by smart_resize to a flat 56x56 square: it is a placeholder (a tracking pixel, a
-favicon), and a verdict on it means nothing.
+A tiny source (a tracking pixel) is resized up to the model's minimum, as Qwen's processors do,
+unless `media.min_image_side` drops it; a shape the rule cannot make (a side ratio over 200, a
+side rounding to 0) is dropped too: the media was read, the model cannot take it.
 """
 from __future__ import annotations
 
 import math
 
-from stages.media.errors import MediaError
+from stages.media.errors import MediaDropped
 
 FACTOR = 28  # Qwen2.5 vision: 14-pixel patches merged 2x2
-MIN_SOURCE_SIDE = 14  # one vision patch; an image smaller on both sides is a placeholder
 MAX_ASPECT_RATIO = 200  # qwen-omni-utils' MAX_RATIO
 
 
@@ -37,17 +36,20 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
 
 
 
-def resized_shape(height: int, width: int, min_pixels: int, max_pixels: int, kind: str) -> tuple[int, int]:
-    """(height, width) Qwen resizes a `kind` ("image"/"video") of this size to, or MediaError."""
-    if min(height, width) < 1 or max(height, width) < MIN_SOURCE_SIDE:
-        raise MediaError(f"{kind}_too_small", f"{width}x{height} is under {MIN_SOURCE_SIDE} pixels on both sides")
+def resized_shape(
+    height: int, width: int, min_pixels: int, max_pixels: int, kind: str, min_side: int = 0
+) -> tuple[int, int]:
+    """(height, width) Qwen resizes a `kind` ("image"/"video") of this size to, or MediaDropped."""
+    if max(height, width) < min_side:
+        raise MediaDropped(f"{kind}_too_small", f"{width}x{height} is under media.min_image_side={min_side} pixels")
     try:
+        if min(height, width) < 1:
+            raise ValueError("a side of 0 pixels")
         new_height, new_width = smart_resize(height, width, FACTOR, min_pixels, max_pixels)
     except ValueError as exc:
-        raise MediaError(f"{kind}_aspect_ratio", f"cannot resize {width}x{height}", exc) from exc
+        raise MediaDropped(f"{kind}_aspect_ratio", f"cannot resize {width}x{height}: {exc}") from exc
     if new_height < 1 or new_width < 1:
-        raise MediaError(
+        raise MediaDropped(
             f"{kind}_aspect_ratio", f"{width}x{height} is too thin: bounded to {max_pixels} pixels a side rounds to 0"
         )
     return new_height, new_width
-

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from stages.media.config import MediaConfig
-from stages.media.errors import MediaError
+from stages.media.errors import MediaDropped, MediaError
 from stages.media.resize import resized_shape
 
 SEEK_GAP_S = 2.0  # seek when the next sample is further ahead than this (grows when seeks land behind)
@@ -38,7 +38,7 @@ def decode_video(data: bytes, cfg: MediaConfig) -> tuple[np.ndarray, float]:
     with box:
         try:
             frames, times, step = _read_video(box, cfg)
-        except MediaError:
+        except (MediaError, MediaDropped):
             raise
         except Exception as exc:
             raise MediaError("video_undecodable", "cannot decode the video stream", exc) from exc
@@ -119,7 +119,9 @@ def _sample_frames(box: Any, stream: Any, cfg: MediaConfig) -> tuple[list[np.nda
             break
         frame, moment = found
         if size is None:
-            size = resized_shape(frame.height, frame.width, cfg.video_min_pixels, cfg.video_max_pixels, "video")
+            size = resized_shape(
+                frame.height, frame.width, cfg.video_min_pixels, cfg.video_max_pixels, "video", cfg.min_image_side
+            )
         picture = frame.reformat(width=size[1], height=size[0], format="rgb24", interpolation="BICUBIC")
         frames.append(picture.to_ndarray())
         times.append(moment)

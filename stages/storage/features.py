@@ -8,13 +8,14 @@ audio and video in `datasets` needs torchcodec), not raw `{bytes, path}` structs
 from __future__ import annotations
 
 import json
+from typing import Mapping
 
 import pyarrow as pa
 
-from stages.rows import MODALITIES
+from stages.rows import DEFAULT_MEDIA
 
 HF_METADATA_KEY = b"huggingface"
-_cache: dict[pa.Schema, bytes] = {}
+_cache: dict[tuple[pa.Schema, tuple[tuple[str, str], ...]], bytes] = {}
 
 
 def media_feature(modality: str):  # -> datasets.Image | datasets.Audio | datasets.Video
@@ -24,22 +25,23 @@ def media_feature(modality: str):  # -> datasets.Image | datasets.Audio | datase
     return {"image": Image, "audio": Audio, "video": Video}[modality]()
 
 
-def hf_features_json(schema: pa.Schema) -> bytes:
+def hf_features_json(schema: pa.Schema, media: Mapping[str, str] = DEFAULT_MEDIA) -> bytes:
     """The `huggingface` metadata for `schema`: every column's feature from its Arrow type, the
-    media columns (struct-typed `image`, `audio`, `video`) as media features."""
+    media columns (struct-typed; `media`: column -> modality) as media features."""
     plain = schema.remove_metadata()
-    if plain not in _cache:
+    key = (plain, tuple(sorted(media.items())))
+    if key not in _cache:
         from datasets import Features
 
         features = Features.from_arrow_schema(plain)
-        for column in MODALITIES:
+        for column, modality in media.items():
             if column in features and pa.types.is_struct(plain.field(column).type):
-                features[column] = media_feature(column)
-        _cache[plain] = json.dumps({"info": {"features": features.to_dict()}}).encode()
-    return _cache[plain]
+                features[column] = media_feature(modality)
+        _cache[key] = json.dumps({"info": {"features": features.to_dict()}}).encode()
+    return _cache[key]
 
 
-def with_media_features(schema: pa.Schema) -> pa.Schema:
+def with_media_features(schema: pa.Schema, media: Mapping[str, str] = DEFAULT_MEDIA) -> pa.Schema:
     """`schema` with its `datasets` feature metadata as its only metadata (a shard writer's own, such
     as pandas' index description, no longer describes the output's columns)."""
-    return schema.with_metadata({HF_METADATA_KEY: hf_features_json(schema)})
+    return schema.with_metadata({HF_METADATA_KEY: hf_features_json(schema, media)})

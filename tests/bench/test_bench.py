@@ -37,8 +37,9 @@ def test_simulated_replica_speed_and_sizing_arithmetic():
 
 @pytest.mark.e2e
 def test_harness_without_the_real_engine(tmp_path):
-    results = run_bench(tmp_path, "--only", "decode,feeding,scale,relabel")
-    for key in ("engine_busy_fraction", "decode_ratio", "memory_growth", "relabel_rows_per_s"):
+    results = run_bench(tmp_path, "--only", "decode,feeding,scale,relabel,resume")
+    for key in ("engine_busy_fraction", "decode_ratio", "memory_growth", "relabel_rows_per_s",
+                "resume_seconds_vs_fresh", "resume_peak_vs_fresh"):
         assert isinstance(results[key], float) and key in results["targets"]
     feeding = results["feeding"]
     for key in ("feeding.vs_perfectly_fed", "feeding.slot_occupancy"):
@@ -49,6 +50,8 @@ def test_harness_without_the_real_engine(tmp_path):
         [run] = case["runs"]
         assert run["requests"] == 2 * run["rows"] and run["errors"] == 0
         assert run["settings"]["replicas"] == case["replicas"]
+    assert results["resume_2m_ids_seconds"] > 0 and results["resume_2m_ids_peak_mib"] > 0
+    assert results["resume"]["committed_ids"] > 0 and results["resume"]["remaining_rows"] > 0
     assert set(results["decode"]["stages"]) == {"image", "audio", "video"}
     assert [p["factor"] for p in results["scale"]["points"]] == [1, 10, 100]
     assert results["memory_growth"] == results["scale"]["points"][-1]["second_half_vs_first_half"]

@@ -42,7 +42,8 @@ class LocalCluster:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.head_cpus, self.worker_cpus = head_cpus, worker_cpus
         self.worker_resources = worker_resources or {}
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[subprocess.Popen[bytes]] = []  # one `ray start --block` per node; [0] the head
+        self.killed: set[int] = set()  # indices of nodes killed on purpose
         bin_dir = str(Path(sys.executable).parent)
         # Token auth (Ray 2.60's `ray start` turns it on whenever a token exists on the machine), with
         # a token of this cluster's own so the test does not depend on ~/.ray/auth_token.
@@ -74,7 +75,22 @@ class LocalCluster:
             )
         )
 
-    def start(self, timeout_s: float = 120.0) -> None:
+    def start(self, timeout_s: float = 120.0, attempts: int = 3) -> None:
+        """Start the head, then the worker; on a loaded machine a node can miss Ray's own 30 s start-up
+        deadline, so a failed start is torn down and tried again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_nodes(timeout_s)
+                return
+            except RuntimeError:
+                self.stop()
+                self.processes.clear()
+                self.killed.clear()
+                if attempt == attempts:
+                    raise
+                self.gcs_port, self.dashboard_port = free_port(), free_port()
+
+    def _start_nodes(self, timeout_s: float) -> None:
         self._start("head", [
             "--head", f"--port={self.gcs_port}", f"--num-cpus={self.head_cpus}", "--num-gpus=0",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
@@ -82,12 +98,27 @@ class LocalCluster:
             "--object-store-memory=300000000", *_node_ports(),
         ])
         self._wait_nodes(1, timeout_s)
-        self._start("worker", [
+        self.add_worker(timeout_s)
+
+    def add_worker(self, timeout_s: float = 120.0) -> None:
+        """Start one more worker node (the worker's CPUs and resources) and wait until it is alive."""
+        before = {node["node_id"] for node in self.alive_nodes()}
+        self._start(f"worker-{len(self.processes)}", [
             f"--address={self.gcs_address}", f"--num-cpus={self.worker_cpus}", "--num-gpus=0",
             f"--resources={json.dumps(self.worker_resources)}", "--object-store-memory=300000000",
             *_node_ports(),
         ])
-        self._wait_nodes(2, timeout_s)
+        self._wait_nodes(1, timeout_s, new_besides=before)
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL node `index` (0: the head) with every process it started, as a vanishing spot node
+        dies (what `ray stop --force` does on that machine, without touching other Ray instances)."""
+        from tests.processes import kill_tree
+
+        process = self.processes[index]
+        kill_tree(process.pid)
+        process.wait()
+        self.killed.add(index)
 
     def alive_nodes(self) -> list[dict[str, object]]:
         import requests
@@ -97,14 +128,15 @@ class LocalCluster:
         reply.raise_for_status()
         return [n for n in reply.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
-    def _wait_nodes(self, count: int, timeout_s: float) -> None:
+    def _wait_nodes(self, count: int, timeout_s: float, new_besides: set[str] = frozenset()) -> None:
+        """Wait for `count` alive nodes other than those in `new_besides`."""
         deadline, last = time.monotonic() + timeout_s, ""
         while time.monotonic() < deadline:
-            for process in self.processes:
-                if process.poll() is not None:
+            for index, process in enumerate(self.processes):
+                if index not in self.killed and process.poll() is not None:
                     raise RuntimeError(f"ray start exited with {process.returncode}:\n{self.logs()}")
             try:
-                if len(self.alive_nodes()) >= count:
+                if len([n for n in self.alive_nodes() if n["node_id"] not in new_besides]) >= count:
                     return
             except Exception as exc:  # the dashboard is still starting
                 last = str(exc)

@@ -141,3 +141,23 @@ def test_gpu_pool_on_a_gpu_less_cluster_fails_fast(cluster: LocalCluster, shards
     assert result.returncode == 2
     assert "judge pool cannot fit the cluster" in result.stdout + result.stderr
     assert time.monotonic() - started < 300, "must fail, not wait for GPUs"
+
+
+def without_token(cluster: LocalCluster) -> dict[str, str]:
+    env = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))}
+
+
+@pytest.mark.parametrize("command", ["submit", "run"])
+def test_a_cluster_asking_for_a_token_we_lack_is_one_line(cluster: LocalCluster, tmp_path: Path, command: str):
+    address = cluster.dashboard_url if command == "submit" else cluster.gcs_address
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs", command, "--address", address, "--config", "jobs/configs/demo.yaml",
+         "--input", str(tmp_path), "--output", str(tmp_path / "out")],
+        cwd=REPO, env=without_token(cluster), capture_output=True, text=True, timeout=300,
+    )
+    print(done.stderr[-3000:])
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("flexcurate: ") and "authentication token" in last and "RAY_AUTH_TOKEN" in last

@@ -1,5 +1,6 @@
-"""The dataset presets end to end: shards in openbmb/RLAIF-V-Dataset's and MMInstruction/
-VL-RewardBench's layout, written with `datasets` as the hub holds them, run with `input.preset`.
+"""The dataset presets end to end: shards in openbmb/RLAIF-V-Dataset's, MMInstruction/
+VL-RewardBench's and TIGER-Lab/GenAI-Bench's layouts, written with `datasets` as the hub holds them,
+run with `input.preset`.
 
 The judge is the simulated engine (seeded verdicts): under test is the column mapping through every
 stage to the outputs, which does not depend on the model.
@@ -20,11 +21,12 @@ pytestmark = pytest.mark.e2e
 ROWS = 8
 
 
-def run_preset(root: Path, preset: str) -> Path:
+def run_preset(root: Path, preset: str, *overrides: str) -> Path:
     output = root / "output"
     code = main([
         "run", "--config", str(DEMO_CONFIG), "--input", str(root / "input"), "--output", str(output),
         "--set", f"input.preset={preset}", "--set", "judge.engine.backend=simulated", "--set", "filter.min_margin=0",
+        *(arg for override in overrides for arg in ("--set", override)),
     ])
     assert code == ExitCode.OK
     return output
@@ -103,3 +105,60 @@ def test_vl_rewardbench_rows_are_judged_with_both_listed_responses(vl_rewardbenc
         row = by_id[given["id"]]
         assert (row["question"], [row["response_a"], row["response_b"]]) == (given["query"], given["response"])
         assert row["human_ranking"] == given["human_ranking"] and row["models"] == given["models"]
+
+
+GENAI_VOTES = ("leftvote", "rightvote", "tievote", "bothbad_vote")
+
+
+def image(seed: int) -> dict:
+    return {"bytes": sm.png(48, 40, seed=seed), "path": None}
+
+
+@pytest.fixture(scope="module")
+def genai_bench(tmp_path_factory, ray_session):
+    """GenAI-Bench's image_generation and image_edition configs, each its own run (mode choice)."""
+    from datasets import Dataset, Features, Image, Value
+
+    runs = {}
+    for preset in ("genai_bench", "genai_bench_edition"):
+        root = tmp_path_factory.mktemp(preset)
+        if preset == "genai_bench":
+            rows = [{"prompt": f"a fox number {i}", "left_model": "m1", "left_image": image(i), "right_model": "m2",
+                     "right_image": image(100 + i), "vote_type": GENAI_VOTES[i % 4]} for i in range(ROWS)]
+            features = {"prompt": Value("string"), "left_model": Value("string"), "left_image": Image(),
+                        "right_model": Value("string"), "right_image": Image(), "vote_type": Value("string")}
+        else:
+            rows = [{"source_prompt": "a fox", "target_prompt": "a red fox", "instruct_prompt": f"make fox {i} red",
+                     "source_image": image(200 + i), "left_model": "m1", "left_output_image": image(i),
+                     "right_model": "m2", "right_output_image": image(100 + i), "vote_type": GENAI_VOTES[i % 4]}
+                    for i in range(ROWS)]
+            features = {"source_prompt": Value("string"), "target_prompt": Value("string"),
+                        "instruct_prompt": Value("string"), "source_image": Image(), "left_model": Value("string"),
+                        "left_output_image": Image(), "right_model": Value("string"), "right_output_image": Image(),
+                        "vote_type": Value("string")}
+        (root / "input").mkdir()
+        Dataset.from_list(rows, features=Features(features)).to_parquet(str(root / "input" / "test_v1-00000.parquet"))
+        runs[preset] = (rows, run_preset(root, preset, "mode=choice"), root)
+    return runs
+
+
+@pytest.mark.parametrize("preset", ["genai_bench", "genai_bench_edition"])
+def test_genai_bench_rows_are_judged_as_choices_and_scored_against_vote_type(genai_bench, preset):
+    import json
+
+    rows, output, root = genai_bench[preset]
+    judged = list(landed(output).values())
+    assert len(judged) == ROWS and not pq.read_table(output / "errors").num_rows
+    left = "left_image" if preset == "genai_bench" else "left_output_image"
+    for row in judged:
+        given = next(r for r in rows if r[left]["bytes"] == row["left_image"]["bytes"])
+        assert row["vote_type"] == given["vote_type"] and row["left_model"] == given["left_model"]
+        if preset == "genai_bench":
+            assert row["question"] == given["prompt"]
+        else:
+            assert row["instruct_prompt"] == given["instruct_prompt"]
+            assert row["source_image"]["bytes"] == given["source_image"]["bytes"]
+    assert main(["evaluate", "--from", str(output), "--output", str(root / "eval")]) == ExitCode.OK
+    scores = json.loads((root / "eval" / "eval.json").read_text())
+    assert scores["labels"]["column"] == "vote_type" and scores["labelled_in_run"] == ROWS
+    assert scores["human_ties"] == ROWS // 2 and scores["accuracy_with_ties"] is not None

@@ -3,19 +3,16 @@ same outputs a clean run gives: every id once, same outcomes, same verdicts."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from jobs.demo import DEMO_CONFIG, write_demo_shards
+from tests.processes import kill_after_commits, manifest_count
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,23 +40,7 @@ def run_to_end(inputs: Path, output: Path) -> None:
 
 def kill_when(inputs: Path, output: Path, committed_batches: int, latest: float = 120.0) -> int:
     """Start the job, SIGKILL it (and every process it started) once enough batches are committed."""
-    job = subprocess.Popen(command(inputs, output), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    deadline = time.monotonic() + latest
-    manifests = output / "_manifests"
-    while time.monotonic() < deadline and job.poll() is None:
-        if committed_batches == 0 or (manifests.is_dir() and len(list(manifests.glob("*.json"))) >= committed_batches):
-            break
-        time.sleep(0.05)
-    assert job.poll() is None, "the job finished before it could be killed"
-    family = [job.pid, *(p.pid for p in psutil.Process(job.pid).children(recursive=True))]
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    job.wait()
-    return len(list(manifests.glob("*.json"))) if manifests.is_dir() else 0
+    return kill_after_commits(command(inputs, output), manifest_count(output), committed_batches, ROOT, latest)
 
 
 def snapshot(output: Path) -> dict:
@@ -99,3 +80,29 @@ def test_killed_run_resumes_to_the_clean_result(clean, committed_batches):
     assert got == expected
     report = json.loads((output / "report.json").read_text())
     assert report["resumed"]["committed_batches"] == committed
+
+
+def test_identical_rows_without_ids_are_each_judged_once_across_a_kill(tmp_path):
+    """Copies of one row in a shard without ids get distinct, rerun-stable ids (shard + position): a
+    resume that committed one copy still judges the other."""
+    import pyarrow as pa
+
+    from pipelines.config import InputConfig
+    from pipelines.shard_ids import read_shard_ids
+    from pipelines.shards import discover
+    from stages.formats.pairwise import PairwiseFormat
+
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    pairs = [(f"Which is right about {i % 10}?", f"{i % 10} is even", f"{i % 10} is odd") for i in range(ROWS)]
+    pq.write_table(pa.table({name: [p[k] for p in pairs] for k, name in enumerate(("question", "response_a", "response_b"))}),
+                   inputs / "copies.parquet")
+    output = tmp_path / "out"
+    assert kill_when(inputs, output, committed_batches=1, latest=300) >= 1, "no batch committed before the kill"
+    run_to_end(inputs, output)
+    got = snapshot(output)
+    shards = discover([str(inputs)], PairwiseFormat(), InputConfig())
+    expected = read_shard_ids(shards, "id").ids(shards.paths[0]).to_pylist()
+    assert sorted(got["rows"]) == sorted(expected) and len(set(expected)) == ROWS
+    assert all(len(places) == 1 for places in got["rows"].values())
+    assert sum(got["counts"].values()) == ROWS

@@ -146,3 +146,13 @@ def test_preference_images_load_as_pil_images(finished_run):
     with_images = [row for row in loaded if row["images"]]
     assert with_images, "no kept pair had an image"
     assert with_images[0]["images"][0].size[0] > 0  # decoded to a PIL image, as TRL's vision DPO expects
+
+
+def test_an_unusable_output_path_is_one_line(tmp_path, ray_session, capsys):
+    write_demo_shards(tmp_path / "input", 4, shards=1)
+    (tmp_path / "a-file").write_text("not a directory")
+    code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(tmp_path / "input"),
+                 "--output", str(tmp_path / "a-file" / "out"), "--set", "judge.engine.backend=simulated"])
+    assert code == ExitCode.REJECTED
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"flexcurate: cannot use {tmp_path / 'a-file' / 'out'} as the output")

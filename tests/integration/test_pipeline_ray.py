@@ -81,3 +81,37 @@ def test_one_large_shard_is_read_as_batch_sized_blocks(tmp_path, ray_session):
         batch_format="pyarrow", batch_size=None)]
     assert sum(blocks) == 40
     assert len(blocks) >= 5 and max(blocks) <= 8
+
+
+def test_shard_with_a_conflicting_type_is_skipped_and_listed_in_the_report(tmp_path, ray_session):
+    write_demo_shards(tmp_path / "input", 8, shards=1)
+    rows = {"id": ["x-0"], "question": ["q"], "response_a": ["a"], "response_b": ["b"], "kind": [7.5]}  # float: no type holds it and text
+    pq.write_table(pa.table(rows), tmp_path / "input" / "zz-later.parquet")
+    cfg = config(tmp_path, **{"input.skip_bad_shards": "true"})
+    result = run_curation(cfg, engine_factory=simulated_engine)
+    assert result.succeeded and result.report["input_rows"] == 8
+    report = json.loads((tmp_path / "output" / "report.json").read_text())
+    [(path, reason)] = report["skipped_shards"].items()
+    assert path.endswith("zz-later.parquet") and "column 'kind' is string" in reason
+
+
+def test_driver_knows_the_ids_ray_derives_for_rows_without_one(tmp_path, ray_session):
+    """pipelines/shard_ids.py restates Ray Data's row hash; resume trusts that the two agree."""
+    from pipelines.adapter import read_rows
+    from pipelines.config import InputConfig
+    from pipelines.shard_ids import read_shard_ids
+    from pipelines.shards import discover
+    from stages.normalize import NormalizeStage
+
+    same = {"question": ["q"] * 30, "response_a": ["a"] * 30, "response_b": ["b"] * 30}
+    pq.write_table(pa.table(same), tmp_path / "no-ids.parquet", row_group_size=7)  # several row groups
+    pq.write_table(pa.table({"id": ["x", None, " "], **{k: v[:3] for k, v in same.items()}}), tmp_path / "some.parquet")
+    shards = discover([str(tmp_path)], PairwiseFormat(), InputConfig())
+    ids = read_shard_ids(shards, "id")
+    assert ids.needs_row_hash
+    normalize = NormalizeStage(PairwiseFormat(), InputConfig(), row_hash=True)
+    dataset = read_rows(shards.paths, shards.filesystem, 4, row_hash=True).map_batches(
+        normalize.process, batch_format="pyarrow")
+    got = sorted(dataset.to_pandas()["id"])
+    expected = sorted(i for path in shards.paths for i in ids.ids(path).to_pylist())
+    assert got == expected and len(set(got)) == 33 and "x" in got

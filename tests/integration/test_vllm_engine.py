@@ -23,6 +23,10 @@ MAX_MODEL_LEN = 2048
 TIMEOUT_S = 120
 
 
+def pairwise_request(request_id: str, prompt: str, data: dict[str, Any] | None = None, **fields: Any) -> JudgeRequest:
+    return JudgeRequest(request_id, prompt, data or {}, guided_regex=PAIRWISE_REGEX, **fields)
+
+
 def chat(user: str) -> str:
     return (
         "<|im_start|>system\nJudge the two answers.<|im_end|>\n"
@@ -51,7 +55,7 @@ def engine(tiny_model_dir: Path) -> Iterator[VllmEngine]:
         enforce_eager=True,
         max_num_seqs=32,
     )
-    eng = VllmEngine(config, SamplingConfig(max_tokens=300), guided_regex=PAIRWISE_REGEX, cpu_threads=2)
+    eng = VllmEngine(config, SamplingConfig(max_tokens=300), structured=True, cpu_threads=2)
     yield eng
     eng.shutdown()
 
@@ -69,12 +73,12 @@ def check_verdict(completion: Completion) -> None:
 def test_every_modality_completes_with_a_parsable_verdict(engine: VllmEngine) -> None:
     m = media()
     requests = [
-        JudgeRequest("text", chat("")),
-        JudgeRequest("image", chat(IMAGE), {"image": m["image"]}),
-        JudgeRequest("audio", chat(AUDIO), {"audio": m["audio"]}),
-        JudgeRequest("image+audio", chat(IMAGE + AUDIO), {"image": m["image"], "audio": m["audio"]}),
-        JudgeRequest("video", chat(VIDEO), {"video": m["video"]}),
-        JudgeRequest("video+fps", chat(VIDEO), {"video": (m["video"], {"fps": 1.0})}),
+        pairwise_request("text", chat("")),
+        pairwise_request("image", chat(IMAGE), {"image": m["image"]}),
+        pairwise_request("audio", chat(AUDIO), {"audio": m["audio"]}),
+        pairwise_request("image+audio", chat(IMAGE + AUDIO), {"image": m["image"], "audio": m["audio"]}),
+        pairwise_request("video", chat(VIDEO), {"video": m["video"]}),
+        pairwise_request("video+fps", chat(VIDEO), {"video": (m["video"], {"fps": 1.0})}),
     ]
     futures = [engine.submit(r) for r in requests]
     completions = {r.request_id: f.result(timeout=TIMEOUT_S) for r, f in zip(requests, futures)}
@@ -98,7 +102,7 @@ def test_concurrent_submitters_all_resolve(engine: VllmEngine) -> None:
             rid = f"t{t}-{i}"
             data = [{}, {"image": m["image"]}, {"audio": m["audio"]}][i % 3]
             prompt = chat({0: "", 1: IMAGE, 2: AUDIO}[i % 3])
-            futures.append((rid, engine.submit(JudgeRequest(rid, prompt, data, seed=t * 100 + i))))
+            futures.append((rid, engine.submit(pairwise_request(rid, prompt, data, seed=t * 100 + i))))
         for rid, future in futures:
             try:
                 outcome: Completion | BaseException = future.result(timeout=TIMEOUT_S)
@@ -120,9 +124,9 @@ def test_concurrent_submitters_all_resolve(engine: VllmEngine) -> None:
 
 @pytest.mark.engine
 def test_too_long_prompt_fails_alone(engine: VllmEngine) -> None:
-    ok_before = engine.submit(JudgeRequest("ok-1", chat("")))
-    too_long = engine.submit(JudgeRequest("too-long", chat("word " * (MAX_MODEL_LEN * 2))))
-    ok_after = engine.submit(JudgeRequest("ok-2", chat(IMAGE), {"image": media()["image"]}))
+    ok_before = engine.submit(pairwise_request("ok-1", chat("")))
+    too_long = engine.submit(pairwise_request("too-long", chat("word " * (MAX_MODEL_LEN * 2))))
+    ok_after = engine.submit(pairwise_request("ok-2", chat(IMAGE), {"image": media()["image"]}))
     with pytest.raises(RequestRejected, match="too-long.*VLLMValidationError.*maximum context length"):
         too_long.result(timeout=TIMEOUT_S)
     check_verdict(ok_before.result(timeout=TIMEOUT_S))
@@ -132,9 +136,9 @@ def test_too_long_prompt_fails_alone(engine: VllmEngine) -> None:
 @pytest.mark.engine
 def test_bad_media_is_rejected_alone(engine: VllmEngine) -> None:
     image = media()["image"]
-    over_limit = engine.submit(JudgeRequest("over-limit", chat(IMAGE + IMAGE), {"image": [image, image]}))
-    no_media = engine.submit(JudgeRequest("no-media", chat(IMAGE)))
-    good = engine.submit(JudgeRequest("good", chat("")))
+    over_limit = engine.submit(pairwise_request("over-limit", chat(IMAGE + IMAGE), {"image": [image, image]}))
+    no_media = engine.submit(pairwise_request("no-media", chat(IMAGE)))
+    good = engine.submit(pairwise_request("good", chat("")))
     with pytest.raises(RequestRejected, match="'over-limit'.*VLLMValidationError: At most 1 image"):
         over_limit.result(timeout=TIMEOUT_S)
     with pytest.raises(RequestRejected, match="'no-media'.*ValueError: prompt has 1"):
@@ -147,8 +151,8 @@ def test_distinct_seeds_are_accepted(engine: VllmEngine) -> None:
     prompt = chat(IMAGE)
     image = media()["image"]
     seeds = (1, 2, 3, 4, 2**31 - 1)
-    futures = [engine.submit(JudgeRequest(f"s{seed}", prompt, {"image": image}, seed=seed)) for seed in seeds]
-    futures.append(engine.submit(JudgeRequest("unseeded", prompt, {"image": image})))
+    futures = [engine.submit(pairwise_request(f"s{seed}", prompt, {"image": image}, seed=seed)) for seed in seeds]
+    futures.append(engine.submit(pairwise_request("unseeded", prompt, {"image": image})))
     completions = [f.result(timeout=TIMEOUT_S) for f in futures]
     for completion in completions:
         check_verdict(completion)
@@ -190,7 +194,7 @@ class _Output:
 class _ScriptedEngine(VllmEngine):
     def __init__(self, llm: _ScriptedLLM) -> None:
         self._scripted = llm
-        super().__init__(EngineConfig(model="scripted", device="cpu"), SamplingConfig(), guided_regex=None)
+        super().__init__(EngineConfig(model="scripted", device="cpu"), SamplingConfig(), structured=False)
 
     @staticmethod
     def _require_vllm() -> None:
@@ -244,18 +248,18 @@ def test_missing_vllm_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
         importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a)
     )
     with pytest.raises(ImportError, match=r"flexcurate\[cpu\]"):
-        VllmEngine(EngineConfig(model="m", device="cpu"), SamplingConfig(), guided_regex=None)
+        VllmEngine(EngineConfig(model="m", device="cpu"), SamplingConfig(), structured=False)
 
 
 def test_engine_args_and_prompt_conversion() -> None:
     extra = {"max_num_batched_tokens": 8192, "enforce_eager": True}
     config = EngineConfig(model="m", device="cpu", extra=extra)
-    args = engine_args(config, guided_regex="x", tensor_parallel_size=2)
+    args = engine_args(config, structured=True, tensor_parallel_size=2)
     assert args["enable_chunked_prefill"] is False
     assert args["structured_outputs_config"] == {"backend": "xgrammar"}
     assert args["tensor_parallel_size"] == 2
     assert args["max_num_batched_tokens"] == 8192 and args["enforce_eager"]
-    assert "enable_chunked_prefill" not in engine_args(EngineConfig(model="m"), guided_regex=None)
+    assert "enable_chunked_prefill" not in engine_args(EngineConfig(model="m"), structured=False)
 
     m = media()
     all_media = {"image": m["image"], "audio": m["audio"], "video": (m["video"], {"fps": 1.0})}
@@ -305,3 +309,48 @@ def test_a_rows_second_answer_order_is_served_from_the_prefix_cache(engine: Vllm
     first, second = ab.result(timeout=TIMEOUT_S), ba.result(timeout=TIMEOUT_S)
     assert second.cached_prompt_tokens > first.cached_prompt_tokens
     assert second.cached_prompt_tokens >= 0.5 * second.prompt_tokens
+
+
+@pytest.mark.engine
+def test_degenerate_but_readable_inputs_are_judged(engine: VllmEngine) -> None:
+    """What the decode and normalize stages now pass on instead of erroring: text with NUL and other
+    control characters, a 1x1 image resized up to the model's minimum, a silent clip."""
+    from stages.media.audio import decode_audio
+    from stages.media.config import MediaConfig
+    from stages.media.image import decode_image
+    from tests import synthetic_media as sm
+
+    cfg = MediaConfig()
+    pixel = decode_image(sm.png_1x1(), cfg)
+    assert pixel.shape == (56, 56, 3)  # Qwen's smart_resize of 1x1 at the default image_min_pixels
+    silence = decode_audio(sm.wav(1.0, silent=True), cfg)
+    assert not silence.any()
+    control = "what\x00is\x07this\x1b[0m"
+    requests = [
+        pairwise_request("nul", chat("").replace("What is shown?", control)),
+        pairwise_request("pixel", chat(IMAGE), {"image": pixel}),
+        pairwise_request("silence", chat(AUDIO), {"audio": (silence, cfg.audio_sample_rate)}),
+    ]
+    for request, future in zip(requests, [engine.submit(r) for r in requests]):
+        check_verdict(future.result(timeout=TIMEOUT_S))
+
+
+@pytest.mark.engine
+def test_each_request_follows_its_own_verdict_regex(engine: VllmEngine) -> None:
+    """One engine, requests of every format side by side: ranking rows of 3 and 4 answers, a choice and a
+    MOS verdict; each completion matches the regex its request carried and parses back."""
+    from stages.formats.registry import judging_format
+
+    rows = {"ranking3": ("ranking", {"question": "q", "responses": ["a", "b", "c"]}),
+            "ranking4": ("ranking", {"question": "q", "responses": ["a", "b", "c", "d"]}),
+            "choice": ("choice", None), "mos": ("mos", None), "pairwise": ("pairwise", None)}
+    futures = {}
+    for name, (mode, row) in rows.items():
+        fmt = judging_format(mode)
+        regex = fmt.verdict_regex(row, reasoning_max_chars=40, prefill_think=False)
+        futures[name] = (fmt, row, regex, engine.submit(JudgeRequest(name, chat(""), {}, seed=7, guided_regex=regex)))
+    for name, (fmt, row, regex, future) in futures.items():
+        completion = future.result(timeout=TIMEOUT_S)
+        text = completion.text.replace("\ufffd" * 3, "\ufffd")
+        assert re.fullmatch(regex, text), (name, completion.text)
+        assert fmt.parse(completion.text, row=row) is not None, name

@@ -57,9 +57,9 @@ def corpus_run(tmp_path_factory, ray_session) -> CorpusRun:
             for id_case, given in C.id_cases():
                 rows.append(id_case.row(len(rows), id_=given))
                 ordered.append(id_case)
-        for case, row in zip(ordered, rows):
-            cases[case.name] = (case, C.expected_id(row))
-            input_ids.append(C.expected_id(row))
+        for position, (case, row) in enumerate(zip(ordered, rows)):
+            cases[case.name] = (case, C.expected_id(row, base / "input" / shard, position))
+            input_ids.append(cases[case.name][1])
         C.write_shard(base / "input" / shard, rows, pa.binary() if shard.startswith("binary") else pa.string())
     C.write_shard(base / "input" / "empty.parquet", [])  # 0 rows: fine, contributes nothing
     skipped = write_bad_shards(base / "input")

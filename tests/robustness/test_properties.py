@@ -40,6 +40,8 @@ class Variant:
     effect: Effect = None
 
 
+EITHER = "errors or dropped"  # a row with a decode error and a decode drop: its first medium decides
+
 QUESTIONS = [
     Variant("good", "What is shown?"),
     Variant("unicode", "Was ist das? 这是什么？ 🤔"),
@@ -47,7 +49,7 @@ QUESTIONS = [
     Variant("null", None, ("normalize", "empty_question")),
     Variant("empty", "", ("normalize", "empty_question")),
     Variant("blank", " \t\n ", ("normalize", "empty_question")),
-    Variant("nul", "what\x00", ("normalize", "invalid_text_question")),
+    Variant("nul", "what\x00"),  # readable text: judged as given
     Variant("special", "<|im_start|>system", ("judge", "SpecialTokenInText")),
     Variant("long", C.LONG_TEXT, ("judge", "RequestRejected")),
 ]
@@ -61,7 +63,7 @@ PAIRS = [
     Variant("null_a", (None, "B."), ("normalize", "empty_response_a")),
     Variant("empty_b", ("A.", ""), ("normalize", "empty_response_b")),
     Variant("both_null", (None, None), ("normalize", "empty_response_a")),
-    Variant("nul_b", ("A.", "b\x00"), ("normalize", "invalid_text_response_b")),
+    Variant("nul_b", ("A.", "b\x00")),
     Variant("special_a", ("ok<|im_end|>", "B."), ("judge", "SpecialTokenInText")),
     Variant("long_b", ("A.", C.LONG_TEXT), ("judge", "RequestRejected")),
 ]
@@ -83,6 +85,9 @@ def media_variants() -> dict[str, list[Variant]]:
     def bad(name: str, reason: str, data: bytes | None = None) -> Variant:
         return Variant(name, _struct(m[name][1] if data is None else data), ("decode", reason))
 
+    def dropped(name: str, reason: str) -> Variant:  # readable media a stated rule keeps from judging
+        return Variant(name, _struct(m[name][1]), ("decode_drop", reason))
+
     def path(name: str, text: str, reason: str | None = None) -> Variant:
         return Variant(name, _struct(None, text), ("decode", reason) if reason else None)
 
@@ -94,9 +99,9 @@ def media_variants() -> dict[str, list[Variant]]:
             path("path_relative_ok", "img/ok.png"),
             bad("image_truncated_png", "image_undecodable"),
             bad("image_text", "image_undecodable"),
-            bad("image_1x1", "image_too_small"),
+            good("image_1x1"),  # degenerate but readable: resized up to the model's minimum
             bad("image_bomb_81m", "image_too_large"),
-            bad("image_strip", "image_aspect_ratio"),
+            dropped("image_strip", "image_aspect_ratio"),
             bad("image_empty", "media_empty", b""),
             path("path_missing", "{root}/img/missing.png", "media_not_found"),
             path("path_outside", "{outside}/secret.png", "media_path_forbidden"),
@@ -106,8 +111,8 @@ def media_variants() -> dict[str, list[Variant]]:
         "audio": [
             Variant("none", None),
             good("wav"), good("wav_unusual"), good("flac_declared_hours"), good("audio_truncated_wav"), good("mp3"),
-            bad("audio_silent", "audio_silent"),
-            bad("audio_zero_seconds", "audio_too_short"),
+            good("audio_silent"),
+            dropped("audio_zero_seconds", "audio_too_short"),
             bad("audio_text", "audio_undecodable"),
             bad("audio_truncated_flac", "audio_undecodable"),
             bad("audio_empty", "media_empty", b""),
@@ -158,10 +163,16 @@ class Drawn:
         return "/".join(f"{f}={v.name}" for f, v in zip(FIELDS, self.variants))
 
     def expected(self) -> tuple[str, str | None, set[str]]:
-        """(outcome, stage, acceptable reasons): the earliest stage with a problem decides."""
+        """(outcome, stage, acceptable reasons): the earliest stage with a problem decides. Within the
+        decode stage the first medium with a problem decides, an error or a drop: EITHER."""
         effects = [v.effect for v in self.variants if v.effect]
         for stage in ("normalize", "drop", "decode", "judge"):
             reasons = {reason for where, reason in effects if where == stage}
+            drops = {reason for where, reason in effects if where == "decode_drop"} if stage == "decode" else set()
+            if reasons and drops:
+                return EITHER, stage, reasons | drops
+            if drops:
+                return C.DROPPED, None, drops
             if reasons:
                 return (C.DROPPED, None, reasons) if stage == "drop" else (C.ERRORS, stage, reasons)
         return C.JUDGED, None, set()
@@ -204,7 +215,7 @@ def check_landing(rows: list[Drawn], ids: list[str], output: Path) -> None:
                 problems.append(f"good row {case} lost: {where} {row}")
             elif landing.judgments[row_id] < 2:
                 problems.append(f"good row {case} has {landing.judgments[row_id]} verdicts")
-        elif outcome == C.DROPPED:
+        elif outcome == C.DROPPED or (outcome == EITHER and where == "dropped"):
             if where != "dropped" or row["drop_reason"] not in reasons:
                 problems.append(f"{case}: expected dropped {reasons}, got {where} {row}")
         else:

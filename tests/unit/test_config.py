@@ -34,7 +34,7 @@ def test_overrides_are_typed_from_yaml(tmp_path):
     [
         ("judge.replicas=0", "judge.replicas"),
         ("judge.engine.gpu_memory_utilization=1.5", "judge.engine.gpu_memory_utilization"),
-        ("mode=ranking", "mode"),
+        ("mode=best_of_n", "mode"),
         ("judge.replicaz=2", "judge.replicaz"),
         ("media.image_min_pixels=999999999", "media"),
         ("input.columns={prompt: question}", "input.columns"),
@@ -64,3 +64,15 @@ def test_shipped_configs_validate():
 
     for path in sorted((Path(__file__).parents[2] / "jobs" / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_every_mode_has_a_gpu_config_and_runs_from_the_demo_config():
+    from jobs.demo import DEMO_CONFIG, GPU_CONFIGS
+    from stages.formats.registry import FORMATS
+
+    assert set(GPU_CONFIGS) == set(FORMATS)
+    for mode, name in GPU_CONFIGS.items():
+        cfg = load_config(DEMO_CONFIG.parent / name)
+        assert cfg.mode == mode and cfg.judge.engine.device == "cuda"
+        demo = load_config(DEMO_CONFIG, [f"mode={mode}"])  # the other modes' settings in it are harmless
+        assert demo.mode == mode and demo.judge.engine.device == "cpu"

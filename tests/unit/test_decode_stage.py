@@ -13,10 +13,11 @@ from stages.media.audio import decode_audio
 from stages.media.config import MediaConfig
 from stages.media.image import decode_image
 from stages.media.video import decode_video
-from stages.rows import ERROR, ERROR_REASON, ERROR_STAGE
+from stages.rows import DROP_REASON, ERROR, ERROR_REASON, ERROR_STAGE
 from tests import synthetic_media as sm
 
 CFG = MediaConfig()
+ADDS = decode.decoded_columns(decode.DEFAULT_MEDIA)  # what a stage with the default media columns adds
 IMAGE, AUDIO, VIDEO = sm.png(96, 64), sm.wav(1.0, 22_050, 2), sm.mp4(seconds=3, fps=8)
 
 
@@ -42,6 +43,8 @@ def processed() -> pa.Table:
         {"id": "bomb", "image": sm.png_bomb(9_000, 9_000), "audio": AUDIO},
         {"id": "truncated", "image": sm.truncated_png()},
         {"id": "silent", "audio": sm.wav(1.0, silent=True)},
+        {"id": "strip", "image": sm.png_extreme_aspect(), "audio": AUDIO},
+        {"id": "pixel", "image": sm.png_1x1()},
         {"id": "not_video", "video": sm.not_an_image()},
         {"id": "earlier", "image": sm.not_an_image(), ERROR_STAGE: "normalize", ERROR_REASON: "KeyError",
          ERROR: "KeyError: 'question'"},
@@ -63,9 +66,9 @@ def test_stage_contract():
 
 
 def test_columns_have_declared_types(processed):
-    for column, kind in decode.DecodeStage.adds.items():
+    for column, kind in ADDS.items():
         assert processed.schema.field(column).type == kind
-    assert processed.num_rows == 7
+    assert processed.num_rows == 9
 
 
 def test_good_row_gets_arrays_equal_to_direct_decode(processed):
@@ -92,7 +95,7 @@ def test_audio_carries_the_configured_rate():
 
 
 def test_helpers_are_zero_copy_on_arrow_scalars(processed):
-    row = {column: processed.column(column)[0] for column in decode.DecodeStage.adds}
+    row = {column: processed.column(column)[0] for column in ADDS}
     image = decode.image_array(row)
     assert not image.flags.owndata and not image.flags.writeable
     assert np.array_equal(image, decode.image_array(by_id(processed)["good"]))
@@ -102,14 +105,14 @@ def test_helpers_are_zero_copy_on_arrow_scalars(processed):
 
 def test_text_only_row_gets_nulls_and_no_error(processed):
     row = by_id(processed)["text_only"]
-    assert all(row[column] is None for column in decode.DecodeStage.adds)
+    assert all(row[column] is None for column in ADDS)
     assert row[ERROR_STAGE] is None and decode.decoded_media(row) == {}
 
 
 @pytest.mark.parametrize(
     "row_id, reason, original",
     [("bomb", "image_too_large", None), ("truncated", "image_undecodable", "OSError"),
-     ("silent", "audio_silent", None), ("not_video", "video_undecodable", "InvalidDataError")],
+     ("not_video", "video_undecodable", "InvalidDataError")],
 )
 def test_bad_rows_go_to_errors_with_reason(processed, row_id, reason, original):
     row = by_id(processed)[row_id]
@@ -117,7 +120,17 @@ def test_bad_rows_go_to_errors_with_reason(processed, row_id, reason, original):
     assert row[ERROR].startswith(f"MediaError: [{reason}]")
     if original:
         assert original in row[ERROR]
-    assert all(row[column] is None for column in decode.DecodeStage.adds)  # no half-decoded row
+    assert all(row[column] is None for column in ADDS)  # no half-decoded row
+
+
+def test_degenerate_media_is_decoded_or_dropped_never_an_error(processed):
+    rows = by_id(processed)
+    assert rows["silent"][ERROR_STAGE] is None and decode.audio_array(rows["silent"])[0].size
+    assert rows["pixel"][ERROR_STAGE] is None and decode.image_array(rows["pixel"]).shape == (56, 56, 3)
+    strip = rows["strip"]
+    assert (strip[ERROR_STAGE], strip[DROP_REASON]) == (None, "image_aspect_ratio")
+    assert all(strip[column] is None for column in ADDS)
+    assert {row[DROP_REASON] for row in rows.values()} == {None, "image_aspect_ratio"}
 
 
 def test_rows_errored_earlier_pass_untouched(processed):

@@ -15,7 +15,7 @@ from PIL import Image
 from stages.media import fetch, video
 from stages.media.audio import decode_audio
 from stages.media.config import MediaConfig
-from stages.media.errors import REASONS, MediaError
+from stages.media.errors import DROP_REASONS, REASONS, MediaDropped, MediaError
 from stages.media.fetch import load_media_bytes
 from stages.media.image import decode_image
 from stages.media.resize import FACTOR, resized_shape, smart_resize
@@ -28,10 +28,11 @@ CFG = MediaConfig()
 DECODERS = {"image": decode_image, "audio": decode_audio, "video": decode_video}
 GOOD = sm.good_samples()
 BAD = sm.bad_samples()
+DEGENERATE = sm.degenerate_samples()
 
 
-def reason_of(call, *args, **kwargs) -> MediaError:
-    with pytest.raises(MediaError) as caught:
+def reason_of(call, *args, **kwargs) -> MediaError | MediaDropped:
+    with pytest.raises((MediaError, MediaDropped)) as caught:
         call(*args, **kwargs)
     return caught.value
 
@@ -55,9 +56,11 @@ def test_media_error_text_names_reason_and_cause_and_survives_pickling():
 def test_every_reason_is_documented_in_the_readme():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
         documented = readme.read()
-    for reason in REASONS:
+    for reason in (*REASONS, *DROP_REASONS):
         assert f"`{reason}`" in documented
     assert {expected for _, _, expected in BAD.values()} <= set(REASONS)
+    assert {expected for _, _, expected in DEGENERATE.values()} - {None} <= set(DROP_REASONS)
+    assert not set(REASONS) & set(DROP_REASONS)
 
 
 # --------------------------------------------------------------------------- good media
@@ -97,8 +100,28 @@ def test_bad_samples_raise_their_reason(name):
         return DECODERS[kind](loaded, CFG)
 
     err = reason_of(run)
-    assert err.reason == expected, str(err)
+    assert isinstance(err, MediaError) and err.reason == expected, str(err)
     assert str(err).startswith(f"[{expected}]")
+
+
+@pytest.mark.parametrize("name", sorted(DEGENERATE))
+def test_degenerate_samples_are_judged_or_dropped_never_errors(name):
+    kind, data, expected = DEGENERATE[name]
+    if expected is None:
+        result = DECODERS[kind](data, CFG)
+        assert (result[0] if kind == "video" else result).size
+        return
+    err = reason_of(DECODERS[kind], data, CFG)
+    assert isinstance(err, MediaDropped) and err.reason == expected, str(err)
+
+
+def test_degenerate_media_rules_are_configurable():
+    assert decode_image(sm.png_1x1(), CFG).shape == (56, 56, 3)  # Qwen's smart_resize of 1x1
+    strict = MediaConfig(min_image_side=14, drop_silent_audio=True)
+    assert reason_of(decode_image, sm.png_1x1(), strict).reason == "image_too_small"
+    assert decode_image(sm.png(14, 3), strict).shape[2] == 3
+    assert reason_of(decode_audio, sm.wav(1.0, silent=True), strict).reason == "audio_silent"
+    assert decode_audio(sm.wav(0.05), MediaConfig(audio_min_seconds=0.01)).size
 
 
 # --------------------------------------------------------------------------- images
@@ -167,8 +190,9 @@ def test_eps_is_not_an_accepted_image_format():
 
 
 def test_resized_shape_rules():
-    assert reason_of(resized_shape, 1, 1, 3136, 200704, "image").reason == "image_too_small"
-    assert reason_of(resized_shape, 13, 13, 3136, 200704, "image").reason == "image_too_small"
+    assert resized_shape(1, 1, 3136, 200704, "image") == (56, 56)
+    assert reason_of(resized_shape, 13, 13, 3136, 200704, "image", 14).reason == "image_too_small"
+    assert resized_shape(14, 1, 3136, 200704, "image", 14) == (224, 28)
     assert resized_shape(14, 14, 3136, 200704, "image") == (56, 56)
     # a 200:1 strip bounded to 224*224 rounds its short side to zero in smart_resize
     assert reason_of(resized_shape, 30, 6000, 3136, 224 * 224, "video").reason == "video_aspect_ratio"
@@ -461,5 +485,7 @@ def test_corrupted_media_fail_only_with_media_error(name):
             DECODERS[kind](bytes(corrupted), CFG)
         except MediaError as err:
             assert err.reason in REASONS
+        except MediaDropped as rule:
+            assert rule.reason in DROP_REASONS
 
     check()

@@ -42,7 +42,8 @@ def render_single(question, answer, media, family):
 
 def build(fmt, family, answers, media, prefill=False, order="ab", question=Q):
     row = {"question": question, **dict(zip(fmt.answer_columns, answers))}
-    return fmt.prompt(row, order, media, family, prefill_think=prefill)
+    decoded = {modality: object() for modality in media}  # the prompt depends on which media, not their data
+    return fmt.request(row, order, decoded, family, prefill_think=prefill)[0]
 
 
 def verdict_regex(mode, *, reasoning_max_chars, prefill_think):

@@ -354,3 +354,34 @@ def test_filter_config_is_accepted():
     filt = config.FilterConfig()
     assert decide_pairwise(aggregate_pairwise([pv("ab", 8, 3), pv("ba", 3, 8)]), filt) == (KEPT, None)
     assert decide_single(aggregate_single([sv("<answer>2</answer>")]), filt) == (DROPPED, "score_below_min")
+
+
+# ---- judge.aggregate: vote -------------------------------------------------------------------
+
+
+def voting(mode):
+    from pipelines.config import load_config
+
+    return load_config(overrides=[f"mode={mode}", "judge.aggregate=vote"]).judging_format()
+
+
+def test_pairwise_vote_takes_the_majority_winner_and_keeps_mean_scores():
+    # four samples prefer a by one point, three prefer b by eight: the means say b, the vote a
+    verdicts = [pv("ab", 6, 5, sample=i) for i in range(4)] + [pv("ab", 1, 9, sample=i) for i in range(4, 7)]
+    assert aggregate_pairwise(verdicts).winner == "b"
+    result = voting("pairwise").aggregate(verdicts)
+    assert (result.winner, result.votes_a, result.votes_b) == ("a", 4, 3)
+    assert result.mean_a == pytest.approx(27 / 7) and result.margin == pytest.approx(abs(27 - 47) / 7)
+
+
+def test_pairwise_votes_that_tie_are_a_tie():
+    vote = voting("pairwise")
+    assert vote.aggregate([pv("ab", 6, 5, sample=0), pv("ab", 1, 9, sample=1)]).winner == "tie"
+    tied = vote.aggregate([pv("ab", 6, 5, sample=0), pv("ab", 5, 5, sample=1)])  # a and tie share the most votes
+    assert tied.winner == "tie" and vote.decide(tied, Filt(require_order_agreement=False)) == (DROPPED, "tie")
+
+
+def test_single_vote_is_the_most_given_score():
+    verdicts = [SINGLE.verdict("ab", (s,), sample=i, attempt=0, seed=0, text="t") for i, s in enumerate((2, 2, 5))]
+    assert aggregate_single(verdicts).mean_score == pytest.approx(3.0)
+    assert voting("single").aggregate(verdicts).mean_score == 2.0
