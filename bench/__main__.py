@@ -34,7 +34,7 @@ SIZES: dict[str, dict[str, Any]] = {
                  decode_rows={"image": 1200, "audio": 800, "video": 600}, scale_base=64,
                  scale_factors=(1, 10, 100, 1000), relabel_rows=100_000,
                  resume_committed=2_000_000, resume_shard_rows=20_000, resume_remaining=1000),
-    "quick": dict(engine_rows=256, repeats=3, feeding_rows=480, feeding_repeats=1, feeding_variants=False,
+    "quick": dict(engine_rows=256, repeats=2, feeding_rows=480, feeding_repeats=1, feeding_variants=False,
                   decode_rows={"image": 320, "audio": 240, "video": 160}, scale_base=64, scale_factors=(1, 10, 100),
                   relabel_rows=100_000, resume_committed=2_000_000, resume_shard_rows=20_000, resume_remaining=1000),
     "tiny": dict(engine_rows=4, repeats=1, feeding_rows=16, feeding_repeats=1, feeding_variants=False,
