@@ -1,4 +1,5 @@
-"""1. Engine efficiency: the whole pipeline vs. the same requests in one raw `LLM.generate` call.
+"""1. Engine efficiency: the whole pipeline vs. the same requests in one raw `LLM.generate` call,
+and vs. Ray Data LLM (bench/ray_data_llm.py) on them, the library a user would use instead.
 
 The requests are captured by running the pipeline's own normalize -> decode -> judge stages
 in-process over the bench shards with a recording engine, so the raw side gets byte-for-byte the
@@ -13,6 +14,11 @@ separately; after a one-request warm-up); pipeline = requests / the engine's act
 last verdict out, measured inside the judge actor by `MeteredEngine`, after the same warm-up).
 Cold start is reported separately: the raw process from spawn to exit vs. `run_curation` wall
 time (plus `ray.init`, paid once per job).
+
+Prefix cache: every pipeline run reports the prompt tokens vLLM served from its prefix cache
+(`RequestOutput.num_cached_tokens`) over the prompt tokens requested: both answer orders of a row
+(and its samples) share the system prompt, the media and the question. Measured with both orders
+(the default runs) and, in one more pipeline run on a quarter of the rows, with judge.samples=3.
 """
 from __future__ import annotations
 
@@ -61,6 +67,8 @@ GPU_OVERRIDES = [  # Flex-Omni-7B on one GPU (the demo config's CPU-engine sizes
 
 class _Recorder:
     """An engine that records each request and answers it at once with a parsable verdict."""
+
+    slots = 64
 
     def __init__(self) -> None:
         self.requests: list[JudgeRequest] = []
@@ -163,6 +171,7 @@ def _raw_main(work: Path) -> None:
         "requests": len(outputs),
         "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
         "prompt_tokens": sum(len(o.prompt_token_ids or ()) for o in outputs),
+        "cached_prompt_tokens": sum(o.num_cached_tokens or 0 for o in outputs),
         "generate_s": done - warmed,
         "preprocess_s": enqueued - warmed,
         "load_s": loaded - loading,
@@ -185,7 +194,7 @@ def run_pipeline(cfg: RunConfig, warmup: JudgeRequest, work: Path, prerender: bo
     engine_factory = JudgeStage(cfg.judging_format(), cfg.judge).engine_factory
     if prerender:  # experiment: render requests on the callers' threads (VllmEngine's render_in_caller)
         engine_factory = dataclasses.replace(engine_factory, render_in_caller=True)
-    factory = MeteredFactory(engine_factory, str(stats_dir), slots=cfg.judge.engine.max_num_seqs, warmup=warmup)
+    factory = MeteredFactory(engine_factory, str(stats_dir), warmup=warmup)
     started = time.time()
     result = run_curation(cfg, engine_factory=factory)
     wall = time.time() - started
@@ -196,6 +205,9 @@ def run_pipeline(cfg: RunConfig, warmup: JudgeRequest, work: Path, prerender: bo
         "rows": result.report["timings"]["stages"]["judge"]["rows"],
         "requests": stats["completed"],
         "output_tokens": stats["output_tokens"],
+        "prompt_tokens": stats["prompt_tokens"],
+        "cached_prompt_tokens": stats["cached_prompt_tokens"],
+        "prefix_cache_hit_rate": stats["cached_prompt_tokens"] / stats["prompt_tokens"],
         "window_s": stats["window_s"],
         "engine_startup_s": stats["startup_s"],
         "first_request_after_s": stats["first_submit"] - started,
@@ -204,13 +216,35 @@ def run_pipeline(cfg: RunConfig, warmup: JudgeRequest, work: Path, prerender: bo
     }
 
 
+# --------------------------------------------------------------------------- the peer: Ray Data LLM
+
+
+def run_ray_data_llm(cfg: RunConfig, requests: list[JudgeRequest], work: Path) -> dict[str, Any]:
+    """One Ray Data LLM run over the same requests, on the pipeline's engine arguments."""
+    from bench.ray_data_llm import run_peer
+    from stages.engines.vllm_engine import engine_args
+
+    stats_dir = work / "engine-stats"
+    shutil.rmtree(stats_dir, ignore_errors=True)
+    structured = cfg.judge.structured()
+    peer = run_peer(requests, engine_args(cfg.judge.engine, structured=structured,
+                                          tensor_parallel_size=cfg.judge.tensor_parallel_size),
+                    cfg.judge.sampling.model_dump(mode="json"), structured, family=cfg.judge.engine.resolved_family(),
+                    on_cpu=cfg.judge.engine.device == "cpu", threads=cfg.judge.engine_threads(),
+                    replicas=cfg.judge.replicas, stats_dir=stats_dir)
+    stats = read_stats(stats_dir)
+    return {"requests": stats["completed"], "output_tokens": stats["output_tokens"], "window_s": stats["window_s"],
+            "engine_startup_s": stats["startup_s"], "cold_total_s": peer["cold_total_s"]}
+
+
 def _rates(rows: int, run: dict[str, Any], seconds: float) -> dict[str, float]:
     return {"rows_per_s": rows / seconds, "requests_per_s": run["requests"] / seconds,
             "output_tokens_per_s": run["output_tokens"] / seconds}
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("rows_per_s", "requests_per_s", "output_tokens_per_s", "cold_total_s", "slot_occupancy")
+    keys = ("rows_per_s", "requests_per_s", "output_tokens_per_s", "cold_total_s", "slot_occupancy",
+            "prefix_cache_hit_rate")
     return {key: median([r[key] for r in runs]) for key in keys if key in runs[0]}
 
 
@@ -238,8 +272,10 @@ def run(args: Any, work: Path) -> dict[str, Any]:
 
     raw_runs: dict[int, list[dict[str, Any]]] = {t: [] for t in thread_counts}
     pipe_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+    peer_runs: list[dict[str, Any]] = []
+    peer_error: str | None = None
     with ray_session() as ray_init_s:
-        for repeat in range(repeats):  # interleaved: raw, pipeline (, variants), raw, pipeline, ...
+        for repeat in range(repeats):  # interleaved: raw, pipeline (, variants), peer, raw, pipeline, ...
             for threads in thread_counts:
                 raw_cfg = next(c for c in configs.values() if c.judge.engine_threads() == threads)
                 raw = run_raw(raw_cfg, requests_file, work / f"raw-{threads}-{repeat}")
@@ -251,10 +287,20 @@ def run(args: Any, work: Path) -> dict[str, Any]:
                                         prerender=extra.get("bench.prerender") == "true")
                 pipe.update(_rates(pipe["rows"], pipe, pipe["window_s"]))
                 pipe_runs[name].append(pipe)
+            if peer_error is None:
+                try:
+                    peer = run_ray_data_llm(cfg, requests, work / f"ray-data-llm-{repeat}")
+                    peer.update(_rates(rows, peer, peer["window_s"]))
+                    peer_runs.append(peer)
+                except Exception as exc:  # noqa: BLE001 - reported in results.json; the other sides stand
+                    peer_error = f"{type(exc).__name__}: {exc}"[:2000]
+                    print(f"  Ray Data LLM could not run: {peer_error[:300]}", flush=True)
             print(f"  engine efficiency run {repeat + 1}/{repeats}: raw "
                   + ", ".join(f"{raw_runs[t][-1]['rows_per_s']:.2f} ({t} threads)" for t in thread_counts)
                   + "; pipeline " + ", ".join(f"{pipe_runs[n][-1]['rows_per_s']:.2f} ({n})" for n in configs)
+                  + (f"; Ray Data LLM {peer_runs[-1]['rows_per_s']:.2f}" if len(peer_runs) > repeat else "")
                   + " rows/s", flush=True)
+        samples3 = _samples_run(args, work, overrides, rows, warmup=requests[0])
 
     raw_med = {t: _medians(runs) for t, runs in raw_runs.items()}
     variants = {}
@@ -272,7 +318,14 @@ def run(args: Any, work: Path) -> dict[str, Any]:
             "raw": raw,
         }
     default = variants["default"]
-    return {
+    from bench.ray_data_llm import peer_settings  # imports vLLM: not at module import (the raw process)
+
+    ray_data_llm: dict[str, Any] = {"settings": peer_settings(cfg.judge.replicas), "runs": peer_runs}
+    if peer_runs:
+        ray_data_llm.update(_medians(peer_runs))
+    if peer_error is not None:
+        ray_data_llm["error"] = peer_error
+    section: dict[str, Any] = {
         "engine_efficiency": default["engine_efficiency"],
         "engine_efficiency_requests": default["engine_efficiency_requests"],
         "engine_efficiency_tokens": default["engine_efficiency_tokens"],
@@ -295,8 +348,32 @@ def run(args: Any, work: Path) -> dict[str, Any]:
         "settings": default["settings"],
         "overrides": args.overrides,
         "variants": variants,
+        "ray_data_llm": ray_data_llm,
+        "prefix_cache_hit_rate": default["pipeline"]["prefix_cache_hit_rate"],
+        "prefix_cache_hit_rate_raw": median([r["cached_prompt_tokens"] / r["prompt_tokens"]
+                                             for r in raw_runs[default["engine_threads"]]]),
+        "prefix_cache_samples_3": samples3,
+        "prefix_cache_hit_rate_samples_3": samples3["prefix_cache_hit_rate"],
         "runs": {"raw": raw_runs, "pipeline": pipe_runs},
     }
+    if peer_runs:  # pipeline rows/s over the peer's, steady state, medians of the interleaved runs
+        section["vs_ray_data_llm"] = default["pipeline"]["rows_per_s"] / ray_data_llm["rows_per_s"]
+    return section
+
+
+def _samples_run(args: Any, work: Path, overrides: list[str], rows: int, warmup: JudgeRequest) -> dict[str, Any]:
+    """One pipeline run with judge.samples=3 on a quarter of the rows (their own media): how much
+    of the prompt vLLM's prefix cache serves when each row asks 2 orders x 3 samples."""
+    count = max(4, rows // 4)
+    input_dir = write_shards(work / "input-samples-3", media_rows(count, ["image+audio"], args.media_profile,
+                                                                 distinct=True), rows_per_shard=max(16, count // 4))
+    cfg = bench_config(input_dir, work / "output-samples-3", [*overrides, *args.overrides, "judge.samples=3"])
+    from jobs.runtime import resolve_model
+
+    resolve_model(cfg)
+    run = run_pipeline(cfg, warmup, work / "pipeline-samples-3")
+    return {key: run[key] for key in ("rows", "requests", "prompt_tokens", "cached_prompt_tokens",
+                                      "prefix_cache_hit_rate")}
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Engine factories the benchmarks hand to `run_curation`; Ray workers import them from here.
 
 `MeteredFactory` wraps any engine factory (the pipeline's own `EngineFactory`, or `SimFactory`
-for a `SimulatedEngine`) in a `MeteredEngine`, which counts requests and output tokens, records
-the engine's active window (first request submitted .. last one completed) and its slot
-occupancy, and writes those figures to a JSON file in `stats_dir`. The engine lives in the judge
-actor, so the file is how the numbers reach the driver: it is written, before the caller sees the
-result, every time the engine runs out of work (so always after the last completion) and on
-shutdown.
+for a `SimulatedEngine`) in a `MeteredEngine`, which counts requests, prompt tokens (and those
+served from the prefix cache) and output tokens, records the engine's active window (first
+request submitted .. last one completed), its slot occupancy, and the same up to the last request
+submitted (the feeding span: after it the replica has nothing left to give, only verdict tails to
+wait for), and writes those figures to a JSON file in `stats_dir`. It sits under the judge's
+`SlotFeeder`, so it sees what enters the engine. The engine lives in the judge actor, so the file
+is how the numbers reach the driver: it is written, before the caller sees the result, every
+time the engine runs out of work (so always after the last completion) and on shutdown.
 """
 from __future__ import annotations
 
@@ -26,17 +28,17 @@ from stages.formats.pairwise import PairwiseFormat
 
 
 class MeteredEngine:
-    def __init__(self, inner: Engine, stats_path: Path, slots: int | None, startup_s: float,
-                 timeline: bool = False) -> None:
+    def __init__(self, inner: Engine, stats_path: Path, startup_s: float, timeline: bool = False) -> None:
         self.inner = inner
+        self.slots = inner.slots
         self.stats_path = stats_path
-        self.slots = slots  # engine batch slots, for occupancy (None: unknown, not reported)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.stats: dict[str, Any] = {
-            "pid": os.getpid(), "startup_s": startup_s, "submitted": 0, "completed": 0, "failed": 0,
-            "output_tokens": 0, "prompt_tokens": 0, "first_submit": None, "last_done": None,
-            "slot_seconds": 0.0, "inflight_seconds": 0.0, "max_in_flight": 0,
+            "pid": os.getpid(), "startup_s": startup_s, "slots": self.slots, "submitted": 0, "completed": 0,
+            "failed": 0, "output_tokens": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "first_submit": None,
+            "last_submit": None, "last_done": None, "slot_seconds": 0.0, "inflight_seconds": 0.0,
+            "slot_seconds_to_last_submit": 0.0, "max_in_flight": 0,
         }
         self._in_flight = 0
         self._since = time.time()
@@ -44,8 +46,7 @@ class MeteredEngine:
 
     def _advance(self, now: float) -> None:
         """Integrate requests in flight, and min(in flight, slots): the slot-seconds with work."""
-        if self.slots:
-            self.stats["slot_seconds"] += min(self._in_flight, self.slots) * (now - self._since)
+        self.stats["slot_seconds"] += min(self._in_flight, self.slots) * (now - self._since)
         self.stats["inflight_seconds"] += self._in_flight * (now - self._since)
         self._since = now
         if self.timeline is not None:
@@ -61,6 +62,8 @@ class MeteredEngine:
             self.stats["submitted"] += 1
             if self.stats["first_submit"] is None:
                 self.stats["first_submit"] = now
+            self.stats["last_submit"] = now
+            self.stats["slot_seconds_to_last_submit"] = self.stats["slot_seconds"]
         self.inner.submit(request).add_done_callback(lambda inner: self._done(inner, outer))
         return outer
 
@@ -77,6 +80,7 @@ class MeteredEngine:
                     self.stats["completed"] += 1
                     self.stats["output_tokens"] += completion.output_tokens
                     self.stats["prompt_tokens"] += completion.prompt_tokens
+                    self.stats["cached_prompt_tokens"] += completion.cached_prompt_tokens
                 else:
                     self.stats["failed"] += 1
                 idle = self._in_flight == 0
@@ -95,8 +99,6 @@ class MeteredEngine:
                 busy = getattr(self.inner, "busy_seconds", None)  # SimulatedEngine's time with work in service
                 if busy is not None:
                     stats["busy_seconds"] = busy
-                if self.slots:
-                    stats["slots"] = self.slots
                 if self.timeline is not None:
                     stats["timeline"] = list(self.timeline)
             temporary = self.stats_path.with_suffix(".tmp")
@@ -115,7 +117,6 @@ class MeteredFactory:
 
     inner: Callable[[], Engine]
     stats_dir: str
-    slots: int | None = None
     warmup: JudgeRequest | None = None
     timeline: bool = False
 
@@ -125,7 +126,7 @@ class MeteredFactory:
         if self.warmup is not None:
             engine.submit(self.warmup).result()
         path = Path(self.stats_dir) / f"engine-{os.getpid()}-{uuid.uuid4().hex[:6]}.json"
-        metered = MeteredEngine(engine, path, self.slots, startup_s=time.time() - started, timeline=self.timeline)
+        metered = MeteredEngine(engine, path, startup_s=time.time() - started, timeline=self.timeline)
         metered.write()
         return metered
 
@@ -149,8 +150,8 @@ def read_stats(stats_dir: Path) -> dict[str, Any]:
     if not parts:
         raise RuntimeError(f"no engine stats in {stats_dir}: did the judge actor start?")
     total: dict[str, Any] = {"replicas": len(parts)}
-    for key in ("submitted", "completed", "failed", "output_tokens", "prompt_tokens", "slot_seconds", "busy_seconds",
-                "inflight_seconds"):
+    for key in ("submitted", "completed", "failed", "output_tokens", "prompt_tokens", "cached_prompt_tokens",
+                "slot_seconds", "busy_seconds", "inflight_seconds"):
         if any(key in p for p in parts):
             total[key] = sum(p.get(key, 0) for p in parts)
     starts = [p["first_submit"] for p in parts if p["first_submit"]]

@@ -1,4 +1,5 @@
-"""4. Scale: wall time and peak memory at 1x, 10x and 100x rows, simulated engine.
+"""4. Scale: wall time and peak memory at 1x, 10x, 100x (and, in the full run, 1000x) rows,
+simulated engine.
 
 Input: the demo's mixed rows (text, image, audio, video, image+audio, a few broken ones), tiled
 with fresh ids, in shards of 64 rows. The engine answers at once (no simulated latency), so the
@@ -6,9 +7,14 @@ run is as CPU-bound as the plan allows. Each size runs on a fresh embedded Ray w
 thread records the peak RSS of the driver and of every Ray process (raylet, GCS, workers).
 Streaming means time grows linearly (a constant start-up plus a per-row cost) and memory stays
 flat; a driver-side collection or a full materialisation would show as memory growing with rows.
-A small run does not reach the pipeline's working set (fewer worker processes started, blocks
-smaller than a read unit), so the 100x run also reports its peak in its second half over its
-first: a plateau reads about 1 whatever the start-up costs.
+
+The headline, `memory_growth`, is read inside the largest run: the peak of its second half over
+the peak of its first half. A small run never reaches the pipeline's working set (fewer worker
+processes started, blocks smaller than a read unit), so comparing it with a large one measures
+start-up, not growth; within one run that streams well past its working set a plateau reads about
+1 and growth with rows seen reads above. Peaks across sizes are kept beside it, and the full run's
+1000x point gives `memory_growth_1000x` (peak at 1000x / at 100x): a run ten times longer that
+holds no more memory is what a 10M-row night needs.
 """
 from __future__ import annotations
 
@@ -52,22 +58,27 @@ def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
 
 def run(args: Any, work: Path) -> dict[str, Any]:
     points = []
-    for factor in (1, 10, 100):
+    for factor in args.scale_factors:
         point = run_size(args.scale_base * factor, work / f"x{factor}", list(args.overrides))
         point["factor"] = factor
         points.append(point)
+        shutil.rmtree(work / f"x{factor}", ignore_errors=True)  # its input shards (1000x: gigabytes)
         print(f"  scale {factor}x ({point['rows']} rows): {point['wall_s']:.1f} s, "
-              f"peak RSS {point['peak_total_rss_mib']:.0f} MiB (driver {point['peak_driver_rss_mib']:.0f})",
-              flush=True)
-    one, ten, hundred = points
+              f"peak RSS {point['peak_total_rss_mib']:.0f} MiB (driver {point['peak_driver_rss_mib']:.0f}), "
+              f"2nd half / 1st half {point['second_half_vs_first_half']:.3f}", flush=True)
+    by_factor = {p["factor"]: p for p in points}
+    one, ten, hundred, largest = by_factor[1], by_factor[10], by_factor[100], points[-1]
     fixed, per_row = _fit(points)
-    return {
-        "memory_growth": hundred["peak_total_rss_mib"] / one["peak_total_rss_mib"],
-        "memory_growth_pss": hundred["peak_total_pss_mib"] / one["peak_total_pss_mib"],
-        "memory_growth_10x_to_100x": hundred["peak_total_rss_mib"] / ten["peak_total_rss_mib"],
-        # Within the longest run: does memory plateau while rows stream through, or keep growing?
+    section: dict[str, Any] = {
+        # Within the largest run: does memory plateau while rows stream through, or keep growing?
+        "memory_growth": largest["second_half_vs_first_half"],
+        "memory_growth_measured_in": f"{largest['factor']}x ({largest['rows']} rows)",
         "memory_growth_within_100x": hundred["second_half_vs_first_half"],
-        "driver_memory_growth": hundred["peak_driver_rss_mib"] / one["peak_driver_rss_mib"],
+        # Across sizes (the 1x run does not reach the working set: see the module docstring).
+        "memory_growth_100x_vs_1x": hundred["peak_total_rss_mib"] / one["peak_total_rss_mib"],
+        "memory_growth_pss_100x_vs_1x": hundred["peak_total_pss_mib"] / one["peak_total_pss_mib"],
+        "memory_growth_10x_to_100x": hundred["peak_total_rss_mib"] / ten["peak_total_rss_mib"],
+        "driver_memory_growth": largest["peak_driver_rss_mib"] / one["peak_driver_rss_mib"],
         "time_growth_1x_to_100x": hundred["wall_s"] / one["wall_s"],
         # Marginal seconds per row, between 1x and 10x and between 10x and 100x: equal when linear.
         "marginal_ms_per_row_1x_10x": 1000 * (ten["wall_s"] - one["wall_s"]) / (ten["rows"] - one["rows"]),
@@ -76,3 +87,9 @@ def run(args: Any, work: Path) -> dict[str, Any]:
         "fit_ms_per_row": 1000 * per_row,
         "points": points,
     }
+    if 1000 in by_factor:
+        thousand = by_factor[1000]
+        section["memory_growth_1000x"] = thousand["peak_total_rss_mib"] / hundred["peak_total_rss_mib"]
+        section["marginal_ms_per_row_100x_1000x"] = (1000 * (thousand["wall_s"] - hundred["wall_s"])
+                                                     / (thousand["rows"] - hundred["rows"]))
+    return section

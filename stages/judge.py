@@ -2,10 +2,12 @@
 
 The judging format (stages/formats/) says what a row asks: per pending row, its answer orders x
 `samples` slots, each a prompt of the format; a verdict that does not parse is asked again with a
-new seed, up to `max_retries` times. All requests of a batch are submitted at once and the replica
-holds several batches, so the engine always has work. Seeds derive from (base seed, row id, slot,
-attempt): a re-run asks exactly the same questions. The format aggregates a row's verdicts into
-its result columns.
+new seed, up to `max_retries` times. The replica holds several batches, and their requests reach
+the engine through one `SlotFeeder` (stages/engines/feeder.py) as the engine's slots free: a
+batch's requests in row order, a row's requests adjacent (so its shared prefix is computed once),
+a retry ahead of everything fresh, submitted the moment its unparsed verdict returns. Seeds derive
+from (base seed, row id, slot, attempt): a re-run asks exactly the same questions. The format
+aggregates a row's verdicts into its result columns.
 
 A request the engine rejects (prompt too long, bad media) fails its row only; a row with a slot
 still unparsed after its retries fails with `unparsed_verdict`, its raw texts kept in `judgments`.
@@ -29,6 +31,7 @@ from stages.decode import decoded_columns, decoded_media
 from stages.engines.api import Completion, Engine, JudgeRequest, RequestRejected
 from stages.engines.config import EngineConfig, SamplingConfig
 from stages.engines.factory import EngineFactory
+from stages.engines.feeder import SlotFeeder
 from stages.formats.base import JUDGMENT_TYPE, JudgingFormat
 from stages.formats.registry import config_sections
 from stages.formats.verdicts import Verdict
@@ -178,14 +181,14 @@ class JudgeStage(Stage):
         self.quarantine_after = judge.quarantine_after_crashes
         self.num_cpus = judge.cpus_per_replica
         self.num_gpus = judge.gpus_per_replica()
-        self.engine: Engine | None = None
+        self.engine: SlotFeeder | None = None  # shared by the replica's batches in flight
 
     def ray_remote_args(self) -> dict[str, Any]:
         return {"resources": dict(self.judge.resources)} if self.judge.resources else {}
 
     def setup(self) -> None:
         if self.engine is None:
-            self.engine = self.engine_factory()
+            self.engine = SlotFeeder(self.engine_factory())
 
     def close(self) -> None:
         if self.engine is not None:
@@ -229,8 +232,7 @@ class JudgeStage(Stage):
         )
         return _RowJob(index=index, row_id=row["id"], content=content, requests=requests, regex=regex)
 
-    def _submit(self, job: _RowJob, order: str, sample: int, attempt: int) -> tuple[Future[Completion], _Slot]:
-        assert self.engine is not None
+    def _request(self, job: _RowJob, order: str, sample: int, attempt: int) -> tuple[JudgeRequest, _Slot]:
         seed = request_seed(self.judge.sampling.seed, job.row_id, order, sample, attempt)
         prompt, media = job.requests[order]
         request = JudgeRequest(
@@ -240,16 +242,19 @@ class JudgeStage(Stage):
             seed=seed,
             guided_regex=job.regex,
         )
-        return self.engine.submit(request), _Slot(job, order, sample, attempt, seed)
+        return request, _Slot(job, order, sample, attempt, seed)
 
     def _run(self, jobs: list[_RowJob]) -> None:
         self.setup()
-        slots = dict(
-            self._submit(job, order, sample, 0)
+        assert self.engine is not None
+        first = [
+            self._request(job, order, sample, 0)
             for job in jobs
             for order in job.requests
             for sample in range(self.judge.samples)
-        )
+        ]
+        futures = self.engine.submit_all(request for request, _ in first)
+        slots: dict[Future[Completion], _Slot] = dict(zip(futures, (slot for _, slot in first)))
         while slots:
             done, _ = wait(slots, return_when=FIRST_COMPLETED)
             for future in done:
@@ -273,8 +278,8 @@ class JudgeStage(Stage):
                 )
                 job.verdicts.append(verdict)
                 if not verdict.parsed and attempt < self.judge.max_retries and job.error is None:
-                    retry, slot = self._submit(job, order, sample, attempt + 1)
-                    slots[retry] = slot
+                    request, slot = self._request(job, order, sample, attempt + 1)
+                    slots[self.engine.submit(request, retry=True)] = slot
 
     def _row_columns(self, job: _RowJob) -> dict[str, Any]:
         columns: dict[str, Any] = {

@@ -27,6 +27,7 @@ class Completion:
     prompt_tokens: int
     output_tokens: int
     finish_reason: str | None
+    cached_prompt_tokens: int = 0  # prompt tokens served from the engine's prefix cache, not computed
 
 
 class RequestRejected(ValueError):
@@ -41,6 +42,8 @@ class EngineDead(RuntimeError):
 
 
 class Engine(Protocol):
+    slots: int  # requests it serves at once (vLLM's max_num_seqs); more wait in its queue
+
     def submit(self, request: JudgeRequest) -> "Future[Completion]":
         """Queue one request; the future resolves with its completion or raises RequestRejected/EngineDead."""
         ...

@@ -46,6 +46,7 @@ class SimulatedEngine:
     ) -> None:
         self.script = script
         self.latency = latency
+        self.slots = concurrency
         self.max_prompt_chars = max_prompt_chars
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sim-engine")
         self._seed = seed

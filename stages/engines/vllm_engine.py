@@ -228,6 +228,7 @@ class VllmEngine:
         self._ready = threading.Event()
         self._llm: Any = None
         self._tok_params: Any = None
+        self.slots = engine.max_num_seqs
         self._thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -297,6 +298,7 @@ class VllmEngine:
             args["structured_outputs_config"] = StructuredOutputsConfig(**args["structured_outputs_config"])
         self._llm = LLMEngine.from_engine_args(EngineArgs(**args))
         self._tok_params = self._llm.renderer.default_cmpl_tok_params
+        self.slots = self._llm.vllm_config.scheduler_config.max_num_seqs  # as vLLM resolved it
 
     def _sampling_params(self, request: JudgeRequest) -> Any:
         from vllm import SamplingParams
@@ -347,6 +349,7 @@ class VllmEngine:
                 prompt_tokens=len(output.prompt_token_ids or ()),
                 output_tokens=len(choice.token_ids),
                 finish_reason=choice.finish_reason,
+                cached_prompt_tokens=output.num_cached_tokens or 0,
             )
         )
 

@@ -41,10 +41,20 @@ def test_harness_without_the_real_engine(tmp_path):
     for key in ("engine_busy_fraction", "decode_ratio", "memory_growth", "relabel_rows_per_s",
                 "resume_seconds_vs_fresh", "resume_peak_vs_fresh"):
         assert isinstance(results[key], float) and key in results["targets"]
+    feeding = results["feeding"]
+    for key in ("feeding.vs_perfectly_fed", "feeding.slot_occupancy"):
+        assert results["targets"][key]["value"] == feeding[key.split(".")[1]] > 0
+    # Every verdict-length spread with one replica and with four, each run judging every row.
+    assert {(c["sigma"], c["replicas"]) for c in feeding["cases"].values()} == {(1.0, 1), (1.0, 4), (1.5, 1), (1.5, 4)}
+    for case in feeding["cases"].values():
+        [run] = case["runs"]
+        assert run["requests"] == 2 * run["rows"] and run["errors"] == 0
+        assert run["settings"]["replicas"] == case["replicas"]
     assert results["resume_2m_ids_seconds"] > 0 and results["resume_2m_ids_peak_mib"] > 0
     assert results["resume"]["committed_ids"] > 0 and results["resume"]["remaining_rows"] > 0
     assert set(results["decode"]["stages"]) == {"image", "audio", "video"}
     assert [p["factor"] for p in results["scale"]["points"]] == [1, 10, 100]
+    assert results["memory_growth"] == results["scale"]["points"][-1]["second_half_vs_first_half"]
     assert len(results["sizing"]["table"]) == len(MIXES)
     assert results["relabel"]["counts_after"]["kept"] < results["relabel"]["counts_before"]["kept"]
     assert "engine_efficiency" not in results
@@ -60,3 +70,9 @@ def test_engine_benchmark_against_raw_vllm(tmp_path):
     raw, pipeline = engine["runs"]["raw"][str(engine["engine_threads"])][0], engine["runs"]["pipeline"]["default"][0]
     assert raw["requests"] == pipeline["requests"] == 2 * engine["rows"]  # both answer orders, both sides
     assert raw["torch_threads"] == engine["engine_threads"]
+    # The peer ran the same requests, and the ratio is the pipeline's rows/s over its own.
+    [peer] = engine["ray_data_llm"]["runs"]
+    assert peer["requests"] == pipeline["requests"]
+    assert results["vs_ray_data_llm"] == pytest.approx(pipeline["rows_per_s"] / peer["rows_per_s"])
+    assert 0 < results["prefix_cache_hit_rate"] <= 1 and 0 < engine["prefix_cache_hit_rate_samples_3"] <= 1
+    assert engine["prefix_cache_samples_3"]["requests"] == 6 * engine["prefix_cache_samples_3"]["rows"]

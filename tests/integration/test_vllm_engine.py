@@ -12,6 +12,7 @@ import pytest
 
 from stages.engines.api import Completion, EngineDead, JudgeRequest, RequestRejected
 from stages.engines.config import EngineConfig, SamplingConfig
+from stages.engines.feeder import SlotFeeder
 from stages.engines.vllm_engine import VllmEngine, engine_args, to_vllm_prompt
 
 PAIRWISE_REGEX = r"[\s\S]{0,200}</think>\s*<answer>(10|[1-9])</answer><answer>(10|[1-9])</answer>"
@@ -185,6 +186,7 @@ class _Output:
         self.request_id = key
         self.finished = True
         self.prompt_token_ids = [1, 2, 3]
+        self.num_cached_tokens = 0
         choice = {"text": f"out {key}", "token_ids": [7], "finish_reason": "stop"}
         self.outputs = [type("Choice", (), choice)()]
 
@@ -282,6 +284,31 @@ def test_engine_args_and_prompt_conversion() -> None:
     vl_request = JudgeRequest("r", "<|vision_start|><|image_pad|><|vision_end|>", {"image": m["image"]})
     vl = to_vllm_prompt(vl_request, "vl")
     assert vl["multi_modal_data"]["image"].shape == (180, 240, 3)
+
+
+@pytest.mark.engine
+def test_a_rows_second_answer_order_is_served_from_the_prefix_cache(engine: VllmEngine) -> None:
+    """Both answer orders share the system prompt, the media and the question: sent together (as
+    the judge's SlotFeeder sends a row's requests), the second one's prefix is not computed again."""
+    image = np.random.default_rng(7).integers(0, 256, (180, 240, 3), dtype=np.uint8)  # not seen before
+    # Long enough that the shared part spans whole KV blocks (128 tokens on the CPU engine; 16 on GPUs).
+    question = " ".join(f"Describe detail number {i} of the picture, then say what it shows." for i in range(12))
+    answers = ("A striped cat asleep on a wooden chair next to a window.", "A dog.")
+
+    def prompt(first: str, second: str) -> str:
+        return (
+            "<|im_start|>system\nJudge the two answers.<|im_end|>\n"
+            f"<|im_start|>user\n{IMAGE}\n\n[Question]\n{question}\n\n[Assistant 1's Answer]\n{first}\n\n"
+            f"[Assistant 2's Answer]\n{second}<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+    feeder = SlotFeeder(engine)
+    assert feeder.capacity == 36  # the engine's max_num_seqs as vLLM resolved it, and a tenth
+    ab, ba = feeder.submit_all([JudgeRequest("row:ab", prompt(*answers), {"image": image}),
+                                JudgeRequest("row:ba", prompt(*reversed(answers)), {"image": image})])
+    first, second = ab.result(timeout=TIMEOUT_S), ba.result(timeout=TIMEOUT_S)
+    assert second.cached_prompt_tokens > first.cached_prompt_tokens
+    assert second.cached_prompt_tokens >= 0.5 * second.prompt_tokens
 
 
 @pytest.mark.engine

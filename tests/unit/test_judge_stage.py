@@ -175,6 +175,8 @@ def test_replica_holds_enough_batches_to_keep_its_engine_slots_full():
 class Recorder:
     """An engine that keeps every request and answers each at once."""
 
+    slots = 64
+
     def __init__(self) -> None:
         self.requests: list[JudgeRequest] = []
 
