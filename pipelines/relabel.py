@@ -109,6 +109,8 @@ def relabel_run(source: FinishedRun, cfg: RunConfig) -> RunResult:
     inputs = InputSummary(source.report["input_rows"], source.report["input_shards"], source.report["skipped_shards"])
     report = build_report(cfg=cfg, inputs=inputs, totals=totals, stage_metrics=timings, started=started,
                           finished=time.time())
+    # What only the judging run knew (its replica restarts, node losses) stays as it reported it.
+    report["judge"].update({k: v for k, v in source.report.get("judge", {}).items() if k not in report["judge"]})
     report["relabeled_from"] = source.uri
     report["resumed"] = {"committed_batches": run_dir.resumed_batches, "committed_rows": len(run_dir.committed_ids)}
     report["duplicate_ids"] = source.report.get("duplicate_ids", 0)
