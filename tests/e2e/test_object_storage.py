@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -28,14 +32,33 @@ SLOW = ["--set", "judge.engine.simulation.seconds_per_token=0.004", "--set", "ju
         "--set", "output.rows_per_file=4"]
 
 
+def start_moto_server() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in a process of its own: in this one, its Flask app's context proxies would
+    break vLLM's engine start in later tests (vLLM's CPU platform walks every module's globals)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=2).close()
+            return server, endpoint
+        except urllib.error.HTTPError:  # it answered
+            return server, endpoint
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"moto's S3 server did not start on {endpoint}")
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def s3() -> Iterator[tuple[pafs.S3FileSystem, dict[str, str]]]:
     boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    server, endpoint = start_moto_server()
     settings = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
                 "AWS_ENDPOINT_URL_S3": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
@@ -47,7 +70,8 @@ def s3() -> Iterator[tuple[pafs.S3FileSystem, dict[str, str]]]:
     try:
         yield filesystem, env
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def put_shard(filesystem: pafs.FileSystem, key: str, prefix: str, rows: int, media: bool = False) -> set[str]:
