@@ -5,7 +5,8 @@ The requests are captured by running the pipeline's own normalize -> decode -> j
 in-process over the bench shards with a recording engine, so the raw side gets byte-for-byte the
 prompts, media arrays and seeds the pipeline sends (both answer orders: 2 requests per row).
 The raw baseline runs in a fresh `python -m bench.engine_efficiency --raw DIR` process with
-VLLM_ENABLE_V1_MULTIPROCESSING=0 and the judge actor's thread count, the same engine arguments
+the engine core where the pipeline's runs (`judge.engine.core_process`: in-process by default on
+cpu, a process of its own on cuda) and the judge actor's thread count, the same engine arguments
 (`stages.engines.vllm_engine.engine_args`) and the same sampling (seeded, regex-constrained).
 
 Steady state excludes start-up on both sides: raw = requests / one `generate` call over all of
@@ -115,7 +116,9 @@ def run_raw(cfg: RunConfig, requests_file: Path, work: Path) -> dict[str, Any]:
     }
     (work / "spec.json").write_text(json.dumps(spec))
     threads = str(spec["threads"])
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+    apart = cfg.judge.engine.runs_core_apart()  # where the pipeline's engine core runs, the raw one runs too
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if apart else "0",
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     started = time.time()
     with open(work / "raw.log", "w") as log:
@@ -134,11 +137,13 @@ def _raw_main(work: Path) -> None:
     spec = json.loads((work / "spec.json").read_text())
     requests: list[JudgeRequest] = pickle.loads(Path(spec["requests"]).read_bytes())
     from stages.engines.config import EngineConfig
-    from stages.engines.vllm_engine import engine_args, prepare_cpu_engine, to_vllm_prompt
+    from stages.engines.vllm_engine import engine_args, prepare_cpu_core_process, prepare_cpu_engine, to_vllm_prompt
 
     engine = EngineConfig.model_validate(spec["engine"])
     if engine.device == "cpu":
         prepare_cpu_engine(spec["threads"])  # as VllmEngine does on its engine thread
+        if engine.runs_core_apart():
+            prepare_cpu_core_process(spec["threads"])
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 

@@ -38,7 +38,7 @@ from typing import Any, AsyncIterator
 
 from stages.engines.api import JudgeRequest
 from stages.engines.torchvision_compat import ensure_torchvision_importable
-from stages.engines.vllm_engine import prepare_cpu_engine, to_vllm_prompt
+from stages.engines.vllm_engine import CPU_SITE, prepare_cpu_engine, to_vllm_prompt
 
 # Ray Data LLM's engine stage imports vllm, which imports torchvision: beside the CPU build of
 # torch that needs the compatibility shim first (a no-op on GPU installs). Ray workers import
@@ -47,7 +47,6 @@ ensure_torchvision_importable()
 from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineStageUDF  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PEER_SITE = Path(__file__).resolve().parent / "peer_site"  # its sitecustomize.py: see there
 BATCH_SIZE = 32
 MAX_CONCURRENT_BATCHES = 8
 
@@ -151,7 +150,7 @@ def run_peer(requests: list[JudgeRequest], engine_kwargs: dict[str, Any], sampli
         log_engine_metrics=False,
         placement_group_config={"bundles": [{"CPU": 1}]} if on_cpu else None,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                                  "PYTHONPATH": os.pathsep.join(filter(None, [str(PEER_SITE), str(ROOT),
+                                  "PYTHONPATH": os.pathsep.join(filter(None, [str(CPU_SITE), str(ROOT),
                                                                               os.environ.get("PYTHONPATH")]))}},
     )
     processor = build_processor(config)

@@ -54,10 +54,22 @@ class EngineConfig(ConfigSection):
         default_factory=lambda: {modality: 1 for modality in MODALITIES},
         description="Media items per prompt the engine reserves memory for.",
     )
+    core_process: bool | None = Field(
+        default=None,
+        description="Run vLLM's engine core (scheduler and model) in a process of its own, as vLLM does by "
+        "default, so that the model runs while this process renders the next requests (tokeniser, the "
+        "model's media processor) and reads verdicts; in-process they take turns on one thread. None: on "
+        "for cuda (a GPU should not wait for the media processor), off for cpu (measured on 2 cores: the "
+        "spawned processes poll and take the CPU the rendering needs; and a slower start).",
+    )
     cpu_threads: int | None = Field(
         default=None, gt=0, description="Engine threads on the CPU engine; default: the actor's CPUs."
     )
     extra: dict[str, Any] = Field(default_factory=dict, description="Further vLLM engine arguments, passed as is.")
+
+    def runs_core_apart(self) -> bool:
+        """Whether vLLM's engine core runs in a process of its own (`core_process`, resolved)."""
+        return self.device == "cuda" if self.core_process is None else self.core_process
 
     def resolved_family(self) -> ModelFamily:
         return self.family or family_of(self.model)

