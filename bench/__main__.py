@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import load_average, wait_for_quiet
+from bench.common import load_average, parse_variants, wait_for_quiet
 
 SECTIONS = ("decode", "feeding", "engine", "scale", "relabel", "resume")
 # Sizes: --quick runs in a few minutes on a 2-core machine; --tiny only proves the harness works.
@@ -227,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         print(f"unknown section(s) {unknown}; choose from {SECTIONS}", file=sys.stderr)
+        return 2
+    try:
+        parse_variants(args.variants)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
     logging.getLogger("ray").setLevel(logging.WARNING)
     out = Path(args.out).resolve()

@@ -87,7 +87,13 @@ def parse_variants(texts: list[str]) -> dict[str, list[str]]:
     variants = {}
     for text in texts:
         name, _, sets = text.partition(":")
-        variants[name.strip()] = [item.strip() for item in sets.split(";") if item.strip()]
+        items = [item.strip() for item in sets.split(";") if item.strip()]
+        unknown = [item for item in items if item.startswith("bench.")
+                   and not item.startswith(("bench.env.", "bench.ctx."))]
+        if unknown:
+            raise ValueError(f"variant {name!r}: unknown bench setting {unknown[0]!r} "
+                             "(bench.env.NAME=VALUE or bench.ctx.ATTR=VALUE)")
+        variants[name.strip()] = items
     return variants
 
 
@@ -97,15 +103,15 @@ def config_sets(sets: Sequence[str]) -> list[str]:
 
 
 @contextmanager
-def bench_settings(sets: Sequence[str]) -> Iterator[dict[str, str]]:
+def bench_settings(sets: Sequence[str]) -> Iterator[None]:
     """Apply a variant's bench-only settings around one run, and undo them after:
     `bench.env.NAME=VALUE` (an environment variable the driver reads while planning, e.g.
     RAY_DATA_PARQUET_BIN_PACKING_BYTES), `bench.ctx.ATTR=VALUE` (a Ray Data DataContext field,
-    VALUE read as YAML). Other bench.* keys (bench.prerender) are returned for the caller."""
+    VALUE read as YAML)."""
     import yaml
     from ray.data import DataContext
 
-    context, saved_env, saved_ctx, rest = DataContext.get_current(), {}, {}, {}
+    context, saved_env, saved_ctx = DataContext.get_current(), {}, {}
     for item in sets:
         if not item.startswith("bench."):
             continue
@@ -118,10 +124,8 @@ def bench_settings(sets: Sequence[str]) -> Iterator[dict[str, str]]:
             attr = key.removeprefix("bench.ctx.")
             saved_ctx[attr] = getattr(context, attr)
             setattr(context, attr, yaml.safe_load(value))
-        else:
-            rest[key] = value
     try:
-        yield rest
+        yield
     finally:
         for name, old in saved_env.items():
             if old is None:

@@ -23,7 +23,6 @@ Prefix cache: every pipeline run reports the prompt tokens vLLM served from its 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
@@ -190,15 +189,13 @@ def _raw_main(work: Path) -> None:
 # --------------------------------------------------------------------------- pipeline side
 
 
-def run_pipeline(cfg: RunConfig, warmup: JudgeRequest, work: Path, prerender: bool = False) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig, warmup: JudgeRequest, work: Path) -> dict[str, Any]:
     from pipelines.curate import run_curation
 
     stats_dir = work / "engine-stats"
     shutil.rmtree(stats_dir, ignore_errors=True)
     stats_dir.mkdir(parents=True)
     engine_factory = JudgeStage(cfg.judging_format(), cfg.judge).engine_factory
-    if prerender:  # experiment: render requests on the callers' threads (VllmEngine's render_in_caller)
-        engine_factory = dataclasses.replace(engine_factory, render_in_caller=True)
     factory = MeteredFactory(engine_factory, str(stats_dir), warmup=warmup)
     started = time.time()
     result = run_curation(cfg, engine_factory=factory)
@@ -287,9 +284,8 @@ def run(args: Any, work: Path) -> dict[str, Any]:
                 raw.update(_rates(rows, raw, raw["generate_s"]))
                 raw_runs[threads].append(raw)
             for name, variant in configs.items():
-                with bench_settings(variant_sets[name]) as extra:
-                    pipe = run_pipeline(variant, requests[0], work / f"pipeline-{name}-{repeat}",
-                                        prerender=extra.get("bench.prerender") == "true")
+                with bench_settings(variant_sets[name]):
+                    pipe = run_pipeline(variant, requests[0], work / f"pipeline-{name}-{repeat}")
                 pipe.update(_rates(pipe["rows"], pipe, pipe["window_s"]))
                 pipe_runs[name].append(pipe)
             if peer_error is None:

@@ -16,7 +16,6 @@ class EngineFactory:
     simulated_verdict: VerdictScript  # what the simulated backend answers: the format's own shape
     tensor_parallel_size: int = 1
     cpu_threads: int | None = None
-    render_in_caller: bool = False  # see VllmEngine
 
     def __call__(self) -> Engine:
         if self.engine.backend == "simulated":
@@ -34,5 +33,4 @@ class EngineFactory:
             structured=self.structured,
             tensor_parallel_size=self.tensor_parallel_size,
             cpu_threads=self.cpu_threads,
-            render_in_caller=self.render_in_caller,
         )

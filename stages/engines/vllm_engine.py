@@ -77,7 +77,6 @@ class _Pending:
     request: JudgeRequest
     future: "Future[Completion]"
     key: str = ""
-    rendered: Any = None  # the engine input, when rendered in the caller's thread
 
 
 def _rejected(request: JudgeRequest, exc: Exception) -> RequestRejected:
@@ -226,19 +225,13 @@ class VllmEngine:
         structured: bool,
         tensor_parallel_size: int = 1,
         cpu_threads: int | None = None,
-        render_in_caller: bool = False,
     ) -> None:
-        """`render_in_caller`: tokenise and run the model's multimodal processor in `submit`, on the
-        caller's thread (one at a time), instead of on the engine thread between steps; the engine
-        benchmark measures both (bench.prerender)."""
         self._require_vllm()
         self._config = engine
         self._sampling = sampling
         self._structured = structured
         self._args = engine_args(engine, structured=structured, tensor_parallel_size=tensor_parallel_size)
         self._threads = cpu_threads or engine.cpu_threads or _available_cpus()
-        self._render_in_caller = render_in_caller
-        self._render_lock = threading.Lock()  # vLLM's renderer and media cache are not known to be thread-safe
         self._cond = threading.Condition()
         self._queue: deque[_Pending] = deque()
         self._running: dict[str, _Pending] = {}
@@ -267,12 +260,6 @@ class VllmEngine:
     def submit(self, request: JudgeRequest) -> "Future[Completion]":
         future: Future[Completion] = Future()
         pending = _Pending(request, future)
-        if self._render_in_caller:
-            try:
-                pending.rendered = self._render(request)
-            except Exception as exc:  # noqa: BLE001 - this request only
-                future.set_exception(_rejected(request, exc))
-                return future
         with self._cond:
             if self._dead is not None or self._stopping:
                 future.set_exception(self._dead_error())
@@ -345,9 +332,8 @@ class VllmEngine:
         """The engine input of one request: prompt tokenised, media through the model's processor."""
         from vllm.renderers.inputs.preprocess import parse_model_prompt
 
-        with self._render_lock:
-            prompt = parse_model_prompt(self._llm.model_config, to_vllm_prompt(request, self._config.resolved_family()))
-            (engine_input,) = self._llm.renderer.render_cmpl([prompt], self._tok_params)
+        prompt = parse_model_prompt(self._llm.model_config, to_vllm_prompt(request, self._config.resolved_family()))
+        (engine_input,) = self._llm.renderer.render_cmpl([prompt], self._tok_params)
         return engine_input
 
     def _add(self, pending: _Pending) -> None:
@@ -355,7 +341,7 @@ class VllmEngine:
             return  # cancelled by its caller before it reached the engine
         pending.key = f"{next(self._keys)}:{pending.request.request_id}"
         try:
-            engine_input = pending.rendered if pending.rendered is not None else self._render(pending.request)
+            engine_input = self._render(pending.request)
             self._llm.add_request(pending.key, engine_input, self._sampling_params(pending.request))
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the others
             pending.future.set_exception(_rejected(pending.request, exc))

@@ -35,6 +35,14 @@ def test_simulated_replica_speed_and_sizing_arithmetic():
         pytest.approx((2.0, 1.0))
 
 
+def test_a_mistyped_bench_setting_is_refused_before_anything_runs(tmp_path, capsys):
+    from bench.__main__ import main
+
+    assert main(["--tiny", "--out", str(tmp_path), "--variant", "x:bench.prerender=true"]) == 2
+    assert "unknown bench setting 'bench.prerender=true'" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.e2e
 def test_harness_without_the_real_engine(tmp_path):
     results = run_bench(tmp_path, "--only", "decode,feeding,scale,relabel,resume")
