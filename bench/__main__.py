@@ -169,6 +169,13 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str
         if "memory_growth_1000x" in s:
             rows.append(("scale: peak memory 1000x / 100x", f"{s['memory_growth_1000x']:.3f}", "1.0",
                          f"{s['memory_growth_1000x']:.3f}", "memory_growth_1000x"))
+        if "footprint_growth" in s:
+            rows.append((f"scale: footprint (private pages + object store once), 2nd half / 1st half of the "
+                         f"{s['memory_growth_measured_in']} run", f"{s['footprint_growth']:.3f}", "1.0 (plateau)",
+                         f"{s['footprint_growth']:.3f}", ""))
+        if "footprint_growth_1000x" in s:
+            rows.append(("scale: peak footprint 1000x / 100x", f"{s['footprint_growth_1000x']:.3f}", "1.0",
+                         f"{s['footprint_growth_1000x']:.3f}", ""))
         rows.append(("scale: peak memory 100x / 1x (1x below the working set)", f"{s['memory_growth_100x_vs_1x']:.3f}",
                      f"PSS {s['memory_growth_pss_100x_vs_1x']:.3f}; 100x/10x {s['memory_growth_10x_to_100x']:.3f}",
                      f"{s['memory_growth_100x_vs_1x']:.3f}", ""))

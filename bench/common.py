@@ -9,6 +9,7 @@ import functools
 import io
 import logging
 import os
+import shutil
 import statistics
 import threading
 import time
@@ -249,8 +250,12 @@ class MemorySampler:
     """Samples the RSS of this process (the driver) and of all its descendants (Ray's raylet, GCS
     and worker processes of an embedded Ray) every `interval` seconds, keeping the peaks.
 
-    RSS counts shared pages (the object store's shared memory) once per process mapping them,
-    so `peak_total_pss` (proportional set size, shared pages split) is given beside it.
+    RSS counts shared pages (the object store's shared memory) once per process mapping them:
+    a sum over processes grows with how many workers have touched the store, not with what is
+    held. So beside it: `peak_total_pss` (proportional set size, shared pages split) and
+    `peak_footprint`, what the machine really gives the run: every process's private pages (USS)
+    plus the shared memory in /dev/shm (where Ray's object store lives) counted once, over what
+    /dev/shm held when sampling began.
     """
 
     def __init__(self, interval: float = 0.2) -> None:
@@ -258,11 +263,13 @@ class MemorySampler:
 
         self._me = psutil.Process()
         self.interval = interval
-        self.peak = {"driver_rss": 0, "workers_rss": 0, "total_rss": 0, "total_pss": 0}
+        self.peak = {"driver_rss": 0, "workers_rss": 0, "total_rss": 0, "total_pss": 0, "footprint": 0, "shm": 0}
         self.peak_processes = 0  # Ray processes (raylet, GCS, workers) alive at once, at most
         self.at_peak: dict[str, dict[str, float]] = {}
         self.samples = 0
-        self.timeline: list[tuple[float, int]] = []  # (seconds since start, total RSS bytes)
+        # (seconds since start, total RSS bytes, footprint bytes)
+        self.timeline: list[tuple[float, int, int]] = []
+        self._shm_before = _shm_used()
         self._started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
@@ -271,7 +278,7 @@ class MemorySampler:
         import psutil
 
         driver = self._me.memory_info().rss
-        workers = pss = 0
+        workers = pss = uss = 0
         processes = [self._me, *self._me.children(recursive=True)]
         self.peak_processes = max(self.peak_processes, len(processes) - 1)
         by_name: dict[str, list[int]] = {}
@@ -281,17 +288,20 @@ class MemorySampler:
                     rss = process.memory_info().rss
                     workers += rss
                     by_name.setdefault(_process_label(process), []).append(rss)
-                pss += getattr(process.memory_full_info(), "pss", 0)
+                full = process.memory_full_info()
+                pss += getattr(full, "pss", 0)
+                uss += getattr(full, "uss", 0)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
+        shm = max(0, _shm_used() - self._shm_before)
         if driver + workers > self.peak["total_rss"]:  # what the peak was made of
             self.at_peak = {name: {"processes": len(v), "rss_mib": round(sum(v) / 2**20, 1)}
                             for name, v in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))}
         for key, value in (("driver_rss", driver), ("workers_rss", workers), ("total_rss", driver + workers),
-                           ("total_pss", pss)):
+                           ("total_pss", pss), ("footprint", uss + shm), ("shm", shm)):
             self.peak[key] = max(self.peak[key], value)
         self.samples += 1
-        self.timeline.append((time.time() - self._started, driver + workers))
+        self.timeline.append((time.time() - self._started, driver + workers, uss + shm))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -306,17 +316,33 @@ class MemorySampler:
         self._stop.set()
         self._thread.join()
 
-    def halves_peak_ratio(self) -> float:
-        """Peak total RSS in the second half of the sampled time / in the first half: about 1 when
-        memory plateaus while rows stream through, above 1 when it keeps growing with rows seen."""
+    def halves_peak_ratio(self, measure: str = "rss") -> float:
+        """Peak of `measure` (total "rss" or "footprint") in the second half of the sampled time / in
+        the first half: about 1 when memory plateaus while rows stream through, above 1 when it
+        keeps growing with rows seen."""
+        column = {"rss": 1, "footprint": 2}[measure]
         end = self.timeline[-1][0]
-        first = max(total for t, total in self.timeline if t <= end / 2)
-        second = max(total for t, total in self.timeline if t > end / 2)
+        first = max(sample[column] for sample in self.timeline if sample[0] <= end / 2)
+        second = max(sample[column] for sample in self.timeline if sample[0] > end / 2)
         return second / first
+
+    def timeline_mib(self, points: int = 40) -> list[tuple[float, float, float]]:
+        """The timeline thinned to about `points` samples: (s, total RSS MiB, footprint MiB)."""
+        step = max(1, len(self.timeline) // points)
+        return [(round(t, 1), round(rss / 2**20), round(footprint / 2**20))
+                for t, rss, footprint in self.timeline[::step]]
 
     def peaks_mib(self) -> dict[str, float]:
         peaks = {f"peak_{key}_mib": round(value / 2**20, 1) for key, value in self.peak.items()}
         return {**peaks, "peak_processes": self.peak_processes, "rss_at_peak_by_process": self.at_peak}
+
+
+def _shm_used() -> int:
+    """Bytes in use on /dev/shm, where Ray's object store keeps its shared memory (0 without it)."""
+    try:
+        return shutil.disk_usage("/dev/shm").used
+    except OSError:
+        return 0
 
 
 def _process_label(process: Any) -> str:

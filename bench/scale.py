@@ -44,7 +44,9 @@ def run_size(rows: int, work: Path, overrides: list[str]) -> dict[str, Any]:
     shutil.rmtree(work / "output", ignore_errors=True)
     return {"rows": rows, "wall_s": wall, "ray_init_s": ray_init_s, "rows_per_s": rows / wall,
             "counts": result.report["counts"], "memory_samples": memory.samples,
-            "second_half_vs_first_half": memory.halves_peak_ratio(), **memory.peaks_mib()}
+            "second_half_vs_first_half": memory.halves_peak_ratio(),
+            "footprint_second_half_vs_first_half": memory.halves_peak_ratio("footprint"),
+            "memory_timeline_mib": memory.timeline_mib(), **memory.peaks_mib()}
 
 
 def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
@@ -74,6 +76,8 @@ def run(args: Any, work: Path) -> dict[str, Any]:
         "memory_growth": largest["second_half_vs_first_half"],
         "memory_growth_measured_in": f"{largest['factor']}x ({largest['rows']} rows)",
         "memory_growth_within_100x": hundred["second_half_vs_first_half"],
+        # The same, on what the machine gives the run (private pages + the object store once).
+        "footprint_growth": largest["footprint_second_half_vs_first_half"],
         # Across sizes (the 1x run does not reach the working set: see the module docstring).
         "memory_growth_100x_vs_1x": hundred["peak_total_rss_mib"] / one["peak_total_rss_mib"],
         "memory_growth_pss_100x_vs_1x": hundred["peak_total_pss_mib"] / one["peak_total_pss_mib"],
@@ -90,6 +94,7 @@ def run(args: Any, work: Path) -> dict[str, Any]:
     if 1000 in by_factor:
         thousand = by_factor[1000]
         section["memory_growth_1000x"] = thousand["peak_total_rss_mib"] / hundred["peak_total_rss_mib"]
+        section["footprint_growth_1000x"] = thousand["peak_footprint_mib"] / hundred["peak_footprint_mib"]
         section["marginal_ms_per_row_100x_1000x"] = (1000 * (thousand["wall_s"] - hundred["wall_s"])
                                                      / (thousand["rows"] - hundred["rows"]))
     return section

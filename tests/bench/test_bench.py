@@ -63,6 +63,11 @@ def test_harness_without_the_real_engine(tmp_path):
     assert set(results["decode"]["stages"]) == {"image", "audio", "video"}
     assert [p["factor"] for p in results["scale"]["points"]] == [1, 10, 100]
     assert results["memory_growth"] == results["scale"]["points"][-1]["second_half_vs_first_half"]
+    # Beside the summed RSS, what the machine gives the run: private pages + the object store once.
+    assert results["scale"]["footprint_growth"] > 0
+    for point in results["scale"]["points"]:
+        assert 0 < point["peak_footprint_mib"] <= point["peak_total_rss_mib"] + point["peak_shm_mib"]
+        assert point["memory_timeline_mib"][-1][0] > 0
     assert len(results["sizing"]["table"]) == len(MIXES)
     assert results["relabel"]["counts_after"]["kept"] < results["relabel"]["counts_before"]["kept"]
     assert "engine_efficiency" not in results
