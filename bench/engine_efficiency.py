@@ -115,9 +115,7 @@ def run_raw(cfg: RunConfig, requests_file: Path, work: Path) -> dict[str, Any]:
     }
     (work / "spec.json").write_text(json.dumps(spec))
     threads = str(spec["threads"])
-    apart = cfg.judge.engine.runs_core_apart()  # where the pipeline's engine core runs, the raw one runs too
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if apart else "0",
-           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     started = time.time()
     with open(work / "raw.log", "w") as log:
@@ -136,13 +134,10 @@ def _raw_main(work: Path) -> None:
     spec = json.loads((work / "spec.json").read_text())
     requests: list[JudgeRequest] = pickle.loads(Path(spec["requests"]).read_bytes())
     from stages.engines.config import EngineConfig
-    from stages.engines.vllm_engine import engine_args, prepare_cpu_core_process, prepare_cpu_engine, to_vllm_prompt
+    from stages.engines.vllm_engine import engine_args, prepare_engine_process, to_vllm_prompt
 
     engine = EngineConfig.model_validate(spec["engine"])
-    if engine.device == "cpu":
-        prepare_cpu_engine(spec["threads"])  # as VllmEngine does on its engine thread
-        if engine.runs_core_apart():
-            prepare_cpu_core_process(spec["threads"])
+    prepare_engine_process(engine, spec["threads"])  # as VllmEngine does on its engine thread
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 

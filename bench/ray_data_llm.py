@@ -38,7 +38,7 @@ from typing import Any, AsyncIterator
 
 from stages.engines.api import JudgeRequest
 from stages.engines.torchvision_compat import ensure_torchvision_importable
-from stages.engines.vllm_engine import CPU_SITE, prepare_cpu_engine, to_vllm_prompt
+from stages.engines.vllm_engine import prepare_cpu_core_process, prepare_cpu_engine, to_vllm_prompt
 
 # Ray Data LLM's engine stage imports vllm, which imports torchvision: beside the CPU build of
 # torch that needs the compatibility shim first (a no-op on GPU installs). Ray workers import
@@ -79,8 +79,9 @@ class MeteredPeerUDF(vLLMEngineStageUDF):
 
     def __init__(self, *args: Any, stats_path: str, threads: int, on_cpu: bool, **kwargs: Any) -> None:
         started = time.time()
-        if on_cpu:
-            prepare_cpu_engine(threads)  # the CPU build's set-up, as the raw side gets it
+        if on_cpu:  # the CPU build's set-up, as the raw side gets it; its engine core always runs apart
+            prepare_cpu_engine(threads)
+            prepare_cpu_core_process(threads)
         super().__init__(*args, **kwargs)
         self._stats_path = Path(stats_path)
         self._warm = asyncio.Lock()
@@ -150,8 +151,7 @@ def run_peer(requests: list[JudgeRequest], engine_kwargs: dict[str, Any], sampli
         log_engine_metrics=False,
         placement_group_config={"bundles": [{"CPU": 1}]} if on_cpu else None,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                                  "PYTHONPATH": os.pathsep.join(filter(None, [str(CPU_SITE), str(ROOT),
-                                                                              os.environ.get("PYTHONPATH")]))}},
+                                  "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}},
     )
     processor = build_processor(config)
     stats_dir.mkdir(parents=True, exist_ok=True)

@@ -152,6 +152,19 @@ def prepare_cpu_core_process(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
+def prepare_engine_process(engine: EngineConfig, threads: int) -> bool:
+    """Ready this process (and the calling thread) to build `engine`'s vLLM engine with `threads`
+    engine threads; returns whether its engine core runs in a process of its own."""
+    apart = engine.runs_core_apart()
+    # Read when the engine is built (vLLM's CPU platform reads os.environ itself).
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if apart else "0"
+    if engine.device == "cpu":
+        prepare_cpu_engine(threads)
+        if apart:
+            prepare_cpu_core_process(threads)
+    return apart
+
+
 def _available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -289,13 +302,7 @@ class VllmEngine:
         return EngineDead(f"vLLM engine died: {type(self._dead).__name__}: {self._dead}")
 
     def _start(self) -> None:
-        apart = self._config.runs_core_apart()
-        # Read when the engine is built (vLLM's CPU platform reads os.environ itself).
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if apart else "0"
-        if self._config.device == "cpu":
-            prepare_cpu_engine(self._threads)
-            if apart:
-                prepare_cpu_core_process(self._threads)
+        apart = prepare_engine_process(self._config, self._threads)
         from vllm import EngineArgs
         from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.llm_engine import LLMEngine
