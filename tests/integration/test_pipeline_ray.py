@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -81,6 +82,25 @@ def test_one_large_shard_is_read_as_batch_sized_blocks(tmp_path, ray_session):
         batch_format="pyarrow", batch_size=None)]
     assert sum(blocks) == 40
     assert len(blocks) >= 5 and max(blocks) <= 8
+
+
+def test_a_small_read_starts_one_footer_reader_not_rays_32(tmp_path, ray_session, monkeypatch):
+    # Ray Data's Parquet footer pool is 32 actors whatever the input: 32 processes for a handful of
+    # shards, seconds of start-up and 3 GiB on a small machine, before the first row is decoded.
+    from pipelines.adapter import footer_readers_for, read_rows
+
+    def footer_readers() -> set[str]:
+        actors = ray_session._private.state.actors().items()
+        return {actor_id for actor_id, actor in actors if actor["ActorClassName"] == "FooterReader"}
+
+    monkeypatch.delenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", raising=False)
+    write_demo_shards(tmp_path / "input", 24, shards=6)
+    paths = sorted(str(p) for p in (tmp_path / "input").glob("*.parquet"))
+    earlier = footer_readers()
+    rows = sum(b.num_rows for b in read_rows(paths, None, 8).iter_batches(batch_format="pyarrow", batch_size=None))
+    assert rows == 24 and len(footer_readers() - earlier) == 1
+    assert "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS" not in os.environ  # set for the read only
+    assert [footer_readers_for(n) for n in (1, 1000, 1001, 5000, 10**6)] == [1, 1, 2, 5, 32]
 
 
 def test_shard_with_a_conflicting_type_is_skipped_and_listed_in_the_report(tmp_path, ray_session):
