@@ -7,6 +7,8 @@ Each batch's time and row counts go to the run's metrics actor (metrics.py), whi
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import threading
@@ -36,7 +38,20 @@ def run_stage_batch(stage: Stage, batch: pa.Table, metrics: Any | None) -> pa.Ta
 
 def _run_task(batch: pa.Table, stage: Stage, metrics: Any | None) -> pa.Table:
     stage.setup()  # task stages keep setup cheap (imports are cached per worker process)
-    return run_stage_batch(stage, batch, metrics)
+    try:
+        return run_stage_batch(stage, batch, metrics)
+    finally:
+        release_freed_memory()
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def release_freed_memory() -> None:
+    """Hand the heap a task freed back to the OS before its worker idles (glibc keeps it otherwise)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class _ActorStage:
