@@ -81,12 +81,14 @@ class RunConfig(ConfigSection):
     output: OutputConfig = Field(default_factory=OutputConfig)
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
-    decode_batch_size: int = Field(
-        default=64,
+    decode_batch_size: int | None = Field(
+        default=None,
         ge=1,
-        description="Rows per block read from the shards and per CPU decode task. Ray's costs are per block "
-        "(tasks, object-store entries, the driver's records of each): 64 against 16 ran a 32,000-row run "
-        "in 0.7 of the time with a driver that did not grow; lower it only for very large media.",
+        description="Rows per block read from the shards and per CPU decode task; default judge.batch_size. "
+        "Ray's costs are per block (tasks, object-store entries, the driver's records of each), so larger "
+        "blocks cost less per row; but Ray Data hands a judge replica whole blocks, and a block larger than "
+        "judge.batch_size becomes a task of several batches run one after another: keep it a divisor of "
+        "judge.batch_size.",
     )
     max_error_fraction: float = Field(
         default=0.05, ge=0, le=1, description="A run whose errors exceed this fraction of input rows fails."
@@ -106,6 +108,8 @@ class RunConfig(ConfigSection):
                 f"(family {family}) cannot take; use Flex-Omni-7B"
             )
         self._engine_takes_the_media(fmt)
+        if self.decode_batch_size is None:
+            object.__setattr__(self, "decode_batch_size", self.judge.batch_size)
         if self.judge.swap_order and len(fmt.orders(swap_order=True)) == 1:
             # A format with one answer order has nothing to swap; keep the flag meaningful.
             object.__setattr__(self.judge, "swap_order", False)
