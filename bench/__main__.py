@@ -170,7 +170,7 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str
             rows.append(("scale: peak memory 1000x / 100x", f"{s['memory_growth_1000x']:.3f}", "1.0",
                          f"{s['memory_growth_1000x']:.3f}", "memory_growth_1000x"))
         if "footprint_growth" in s:
-            rows.append((f"scale: footprint (private pages + object store once), 2nd half / 1st half of the "
+            rows.append((f"scale: footprint (memory outside shared memory + object store once), 2nd half / 1st half of the "
                          f"{s['memory_growth_measured_in']} run", f"{s['footprint_growth']:.3f}", "1.0 (plateau)",
                          f"{s['footprint_growth']:.3f}", ""))
         if "footprint_growth_1000x" in s:

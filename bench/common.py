@@ -246,6 +246,18 @@ def wait_for_quiet(max_load: float, timeout_s: float) -> dict[str, float]:
 # --------------------------------------------------------------------------- memory
 
 
+def _smaps_rollup(pid: int) -> dict[str, int]:
+    """A process's memory totals from /proc/PID/smaps_rollup, in bytes (Rss, Pss, Pss_Shmem, ...)."""
+    totals = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, rest = line.partition(":")
+            fields = rest.split()
+            if len(fields) == 2 and fields[1] == "kB":
+                totals[name] = int(fields[0]) * 1024
+    return totals
+
+
 class MemorySampler:
     """Samples the RSS of this process (the driver) and of all its descendants (Ray's raylet, GCS
     and worker processes of an embedded Ray) every `interval` seconds, keeping the peaks.
@@ -253,9 +265,11 @@ class MemorySampler:
     RSS counts shared pages (the object store's shared memory) once per process mapping them:
     a sum over processes grows with how many workers have touched the store, not with what is
     held. So beside it: `peak_total_pss` (proportional set size, shared pages split) and
-    `peak_footprint`, what the machine really gives the run: every process's private pages (USS)
-    plus the shared memory in /dev/shm (where Ray's object store lives) counted once, over what
-    /dev/shm held when sampling began.
+    `peak_footprint`, what the machine really gives the run: every process's proportional set
+    outside shared memory (PSS less Pss_Shmem, /proc/PID/smaps_rollup) plus the shared memory in
+    /dev/shm (where Ray's object store lives) counted once, over what /dev/shm held when sampling
+    began. (Private pages, USS, would count an object-store page that only one process has touched
+    twice: as that process's and in /dev/shm.)
     """
 
     def __init__(self, interval: float = 0.2) -> None:
@@ -278,7 +292,7 @@ class MemorySampler:
         import psutil
 
         driver = self._me.memory_info().rss
-        workers = pss = uss = 0
+        workers = pss = unshared = 0
         processes = [self._me, *self._me.children(recursive=True)]
         self.peak_processes = max(self.peak_processes, len(processes) - 1)
         by_name: dict[str, list[int]] = {}
@@ -288,20 +302,20 @@ class MemorySampler:
                     rss = process.memory_info().rss
                     workers += rss
                     by_name.setdefault(_process_label(process), []).append(rss)
-                full = process.memory_full_info()
-                pss += getattr(full, "pss", 0)
-                uss += getattr(full, "uss", 0)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                rollup = _smaps_rollup(process.pid)
+                pss += rollup.get("Pss", 0)
+                unshared += rollup.get("Pss", 0) - rollup.get("Pss_Shmem", 0)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
                 continue
         shm = max(0, _shm_used() - self._shm_before)
         if driver + workers > self.peak["total_rss"]:  # what the peak was made of
             self.at_peak = {name: {"processes": len(v), "rss_mib": round(sum(v) / 2**20, 1)}
                             for name, v in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))}
         for key, value in (("driver_rss", driver), ("workers_rss", workers), ("total_rss", driver + workers),
-                           ("total_pss", pss), ("footprint", uss + shm), ("shm", shm)):
+                           ("total_pss", pss), ("footprint", unshared + shm), ("shm", shm)):
             self.peak[key] = max(self.peak[key], value)
         self.samples += 1
-        self.timeline.append((time.time() - self._started, driver + workers, uss + shm))
+        self.timeline.append((time.time() - self._started, driver + workers, unshared + shm))
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -76,7 +76,7 @@ def run(args: Any, work: Path) -> dict[str, Any]:
         "memory_growth": largest["second_half_vs_first_half"],
         "memory_growth_measured_in": f"{largest['factor']}x ({largest['rows']} rows)",
         "memory_growth_within_100x": hundred["second_half_vs_first_half"],
-        # The same, on what the machine gives the run (private pages + the object store once).
+        # The same, on what the machine gives the run (memory outside shared memory + the object store once).
         "footprint_growth": largest["footprint_second_half_vs_first_half"],
         # Across sizes (the 1x run does not reach the working set: see the module docstring).
         "memory_growth_100x_vs_1x": hundred["peak_total_rss_mib"] / one["peak_total_rss_mib"],
