@@ -57,7 +57,7 @@ def generate_run(output: Path, rows: int) -> RunConfig:
     for start in range(0, rows, cfg.output.rows_per_file):
         write.process(label.process(judged_batch(start, min(cfg.output.rows_per_file, rows - start), fmt, rng)))
     totals: dict[str, Any] = {}
-    merge_batch_stats(totals, [m["stats"] for m in run_dir.manifests()])
+    merge_batch_stats(totals, run_dir.batch_stats())
     complete_outputs(run_dir.filesystem, run_dir.root, fmt)
     now = time.time()
     report = build_report(cfg=cfg, inputs=InputSummary(rows, 1, {}), totals=totals, stage_metrics={}, started=now,

@@ -217,7 +217,7 @@ def _stream(
         ray.kill(ledger)
 
     totals: dict[str, Any] = {}
-    merge_batch_stats(totals, [manifest["stats"] for manifest in run_dir.manifests()])
+    merge_batch_stats(totals, run_dir.batch_stats())
     complete_outputs(run_dir.filesystem, run_dir.root, cfg.judging_format())
     report = build_report(
         cfg=cfg,

@@ -104,7 +104,7 @@ def relabel_run(source: FinishedRun, cfg: RunConfig) -> RunResult:
             labelled = _timed(timings, "label", table.num_rows, label.process, table)
             _timed(timings, "write", table.num_rows, write.process, labelled)
     totals: dict[str, Any] = {}
-    merge_batch_stats(totals, [manifest["stats"] for manifest in run_dir.manifests()])
+    merge_batch_stats(totals, run_dir.batch_stats())
     complete_outputs(run_dir.filesystem, run_dir.root, fmt)
     inputs = InputSummary(source.report["input_rows"], source.report["input_shards"], source.report["skipped_shards"])
     report = build_report(cfg=cfg, inputs=inputs, totals=totals, stage_metrics=timings, started=started,

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterable
 
 from pyarrow import fs as pafs
 
@@ -59,7 +59,7 @@ class RunResult:
         return self.report["status"] in ("succeeded", "nothing_new")
 
 
-def merge_batch_stats(totals: dict[str, Any], batch_stats: list[dict[str, Any]]) -> None:
+def merge_batch_stats(totals: dict[str, Any], batch_stats: Iterable[dict[str, Any]]) -> None:
     for stats in batch_stats:
         for key in _SUMS:
             totals[key] = totals.get(key, 0) + stats.get(key, 0)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 from pyarrow import fs as pafs
 
 from pipelines.config import RunConfig
-from stages.storage.commit import read_manifests, remove_uncommitted
+from stages.storage.commit import iter_manifests, read_manifests, remove_uncommitted
 from stages.storage.files import filesystem_for, write_atomically
 
 SUCCESS_MARKER = "_SUCCESS"
@@ -38,8 +38,9 @@ class RunDirectory:
     resumed_batches: int = 0
     removed_orphans: list[str] = field(default_factory=list)
 
-    def manifests(self) -> list[dict[str, Any]]:
-        return read_manifests(self.filesystem, self.root)
+    def batch_stats(self) -> Iterator[dict[str, Any]]:
+        """Each committed batch's tallies, one manifest in memory at a time (not every row's id)."""
+        return (manifest["stats"] for manifest in iter_manifests(self.filesystem, self.root))
 
     def mark_success(self) -> None:
         write_atomically(self.filesystem, f"{self.root}/{SUCCESS_MARKER}", b"")

@@ -8,7 +8,7 @@ the orphans and skips the committed ids.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
 from pyarrow import fs as pafs
 
@@ -26,13 +26,16 @@ def commit_batch(
 
 
 def read_manifests(filesystem: pafs.FileSystem, root: str) -> list[dict[str, Any]]:
+    return list(iter_manifests(filesystem, root))
+
+
+def iter_manifests(filesystem: pafs.FileSystem, root: str) -> Iterator[dict[str, Any]]:
+    """The committed batches' manifests one at a time: a 10M-row run's hold 10M ids."""
     selector = pafs.FileSelector(f"{root}/{MANIFESTS}", allow_not_found=True)
-    manifests = []
     for info in filesystem.get_file_info(selector):
         if info.is_file and info.base_name.endswith(".json") and not info.base_name.startswith("."):
             with filesystem.open_input_stream(info.path) as source:
-                manifests.append(json.loads(source.read()))
-    return manifests
+                yield json.loads(source.read())
 
 
 def remove_uncommitted(filesystem: pafs.FileSystem, root: str, manifests: list[dict[str, Any]]) -> list[str]:
