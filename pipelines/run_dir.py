@@ -50,15 +50,24 @@ def run_identity(cfg: RunConfig, shard_paths: list[str]) -> dict[str, Any]:
     """What must match for two attempts to be the same run: what decides each row's outcome.
 
     Left out: how the attempt was asked for (overwrite, skip_bad_shards), how shards were selected
-    (the incremental section; the shards themselves are in) and the error budget, which only judges
-    the finished whole: a run that failed its budget can be finished with a higher one.
+    (the incremental section; the shards themselves are in), the error budget, which only judges
+    the finished whole (a run that failed its budget can be finished with a higher one), and the
+    block size read from the shards, which only sets how rows travel (a default that changed between
+    versions must not strand a run).
     """
     config = cfg.model_dump(mode="json")
     config["output"].pop("overwrite", None)
     config["input"].pop("skip_bad_shards", None)
     config.pop("incremental", None)
     config.pop("max_error_fraction", None)
-    return {"config": config, "shards": sorted(shard_paths)}
+    return {"config": _without_transport(config), "shards": sorted(shard_paths)}
+
+
+def _without_transport(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config less the settings that do not decide outcomes and that earlier versions
+    recorded (so their unfinished runs still resume)."""
+    config.pop("decode_batch_size", None)
+    return config
 
 
 def is_finished(uri: str) -> bool:
@@ -91,6 +100,8 @@ def _open(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
     elif _exists(filesystem, f"{root}/{RUN_IDENTITY}"):
         with filesystem.open_input_stream(f"{root}/{RUN_IDENTITY}") as source:
             previous = json.loads(source.read())
+        if isinstance(previous.get("config"), dict):
+            _without_transport(previous["config"])
         if previous != identity:
             raise OutputExists(
                 f"{cfg.output.path} holds an unfinished run with a different config or inputs; "
