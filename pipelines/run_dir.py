@@ -52,21 +52,19 @@ def run_identity(cfg: RunConfig, shard_paths: list[str]) -> dict[str, Any]:
     Left out: how the attempt was asked for (overwrite, skip_bad_shards), how shards were selected
     (the incremental section; the shards themselves are in), the error budget, which only judges
     the finished whole (a run that failed its budget can be finished with a higher one), and the
-    block size read from the shards, which only sets how rows travel (a default that changed between
-    versions must not strand a run).
+    block size read from the shards, which only sets how rows travel.
     """
-    config = cfg.model_dump(mode="json")
-    config["output"].pop("overwrite", None)
-    config["input"].pop("skip_bad_shards", None)
-    config.pop("incremental", None)
-    config.pop("max_error_fraction", None)
-    return {"config": _without_transport(config), "shards": sorted(shard_paths)}
+    return {"config": _outcome_settings(cfg.model_dump(mode="json")), "shards": sorted(shard_paths)}
 
 
-def _without_transport(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded config less the settings that do not decide outcomes and that earlier versions
-    recorded (so their unfinished runs still resume)."""
-    config.pop("decode_batch_size", None)
+def _outcome_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a RunConfig dump, or one an earlier version recorded) less the settings that do not
+    decide outcomes; applied to both sides, so a setting left out later does not strand a run
+    recorded with it (`decode_batch_size`, whose default changed)."""
+    config.get("output", {}).pop("overwrite", None)
+    config.get("input", {}).pop("skip_bad_shards", None)
+    for name in ("incremental", "max_error_fraction", "decode_batch_size"):
+        config.pop(name, None)
     return config
 
 
@@ -101,7 +99,7 @@ def _open(cfg: RunConfig, shard_paths: list[str]) -> RunDirectory:
         with filesystem.open_input_stream(f"{root}/{RUN_IDENTITY}") as source:
             previous = json.loads(source.read())
         if isinstance(previous.get("config"), dict):
-            _without_transport(previous["config"])
+            _outcome_settings(previous["config"])
         if previous != identity:
             raise OutputExists(
                 f"{cfg.output.path} holds an unfinished run with a different config or inputs; "
