@@ -5,7 +5,8 @@ for a `SimulatedEngine`) in a `MeteredEngine`, which counts requests, prompt tok
 served from the prefix cache) and output tokens, records the engine's active window (first
 request submitted .. last one completed), its slot occupancy, and the same up to the last request
 submitted (the feeding span: after it the replica has nothing left to give, only verdict tails to
-wait for), and writes those figures to a JSON file in `stats_dir`. It sits under the judge's
+wait for), each request's output tokens in the order it was submitted (from which the feeding
+benchmark replays the very same work on a perfectly fed replica), and writes those figures to a JSON file in `stats_dir`. It sits under the judge's
 `SlotFeeder`, so it sees what enters the engine. The engine lives in the judge actor, so the file
 is how the numbers reach the driver: it is written, before the caller sees the result, every
 time the engine runs out of work (so always after the last completion) and on shutdown.
@@ -40,6 +41,7 @@ class MeteredEngine:
             "last_submit": None, "last_done": None, "slot_seconds": 0.0, "inflight_seconds": 0.0,
             "slot_seconds_to_last_submit": 0.0, "max_in_flight": 0,
         }
+        self._output_tokens: list[int | None] = []  # per request, in submission order; None until it completes
         self._in_flight = 0
         self._since = time.time()
         self.timeline: list[tuple[float, int]] | None = [] if timeline else None  # (time, requests held)
@@ -59,15 +61,17 @@ class MeteredEngine:
             self._advance(now)
             self._in_flight += 1
             self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
+            index = self.stats["submitted"]
             self.stats["submitted"] += 1
+            self._output_tokens.append(None)
             if self.stats["first_submit"] is None:
                 self.stats["first_submit"] = now
             self.stats["last_submit"] = now
             self.stats["slot_seconds_to_last_submit"] = self.stats["slot_seconds"]
-        self.inner.submit(request).add_done_callback(lambda inner: self._done(inner, outer))
+        self.inner.submit(request).add_done_callback(lambda inner: self._done(inner, outer, index))
         return outer
 
-    def _done(self, inner: "Future[Completion]", outer: "Future[Completion]") -> None:
+    def _done(self, inner: "Future[Completion]", outer: "Future[Completion]", index: int) -> None:
         try:
             error = inner.exception()
             with self._lock:
@@ -79,6 +83,7 @@ class MeteredEngine:
                     completion = inner.result()
                     self.stats["completed"] += 1
                     self.stats["output_tokens"] += completion.output_tokens
+                    self._output_tokens[index] = completion.output_tokens
                     self.stats["prompt_tokens"] += completion.prompt_tokens
                     self.stats["cached_prompt_tokens"] += completion.cached_prompt_tokens
                 else:
@@ -96,6 +101,7 @@ class MeteredEngine:
         with self._write_lock:  # completions resolve on many threads; one writer at a time
             with self._lock:
                 stats = dict(self.stats)
+                stats["request_output_tokens"] = list(self._output_tokens)
                 busy = getattr(self.inner, "busy_seconds", None)  # SimulatedEngine's time with work in service
                 if busy is not None:
                     stats["busy_seconds"] = busy

@@ -31,7 +31,11 @@ class LatencyModel:
 
     def sample(self, rng: random.Random) -> tuple[float, int]:
         tokens = min(self.max_tokens, max(1, int(rng.lognormvariate(0.0, self.sigma) * self.median_tokens)))
-        return self.prefill_seconds + tokens * self.seconds_per_token, tokens
+        return self.seconds_for(tokens), tokens
+
+    def seconds_for(self, tokens: int) -> float:
+        """Decode time of a request that produced `tokens` output tokens."""
+        return self.prefill_seconds + tokens * self.seconds_per_token
 
 
 class SimulatedEngine:

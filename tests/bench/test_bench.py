@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from bench import scale
-from bench.feeding import MIXES, latency_for, mean_tokens, sizing
+from bench.engines import MeteredEngine
+from bench.feeding import MIXES, ideal_replica, latency_for, mean_tokens, served_seconds, sizing
+from stages.engines.api import JudgeRequest
+from stages.engines.simulated import LatencyModel, SimulatedEngine
+from stages.formats.pairwise import PairwiseFormat
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +37,22 @@ def test_simulated_replica_speed_and_sizing_arithmetic():
     assert table[3]["decode_ms_per_row"] == pytest.approx((10 + 20 + 40 + 30) / 4)
     assert scale._fit([{"rows": 1, "wall_s": 3.0}, {"rows": 10, "wall_s": 12.0}, {"rows": 100, "wall_s": 102.0}]) == \
         pytest.approx((2.0, 1.0))
+
+
+def test_the_perfectly_fed_replica_replays_the_measured_runs_own_requests(tmp_path):
+    latency = LatencyModel(seconds_per_token=0.0002, median_tokens=100, sigma=1.0)
+    engine = MeteredEngine(SimulatedEngine(PairwiseFormat().simulated_verdict, latency=latency, concurrency=4),
+                           tmp_path / "engine.json", startup_s=0.0)
+    futures = [engine.submit(JudgeRequest(str(i), "prompt", seed=i)) for i in range(12)]
+    tokens = [future.result().output_tokens for future in futures]
+    engine.shutdown()
+    stats = json.loads((tmp_path / "engine.json").read_text())
+    assert len(set(tokens)) > 1  # lengths differ, so completions came back out of submission order
+    assert stats["request_output_tokens"] == tokens
+    assert served_seconds(stats, latency) == [latency.seconds_for(t) for t in tokens]
+    # Two slots, the first free one taking the next request in submission order.
+    assert ideal_replica([3.0, 1.0, 1.0, 1.0], 2) == {"window_s": 3.0, "slot_occupancy": 1.0}
+    assert ideal_replica([1.0, 1.0, 1.0, 3.0], 2) == {"window_s": 4.0, "slot_occupancy": 0.75}
 
 
 def test_a_mistyped_bench_setting_is_refused_before_anything_runs(tmp_path, capsys):
