@@ -291,18 +291,18 @@ class MemorySampler:
     def _sample(self) -> None:
         import psutil
 
-        driver = self._me.memory_info().rss
-        workers = pss = unshared = 0
+        driver = workers = pss = unshared = 0
         processes = [self._me, *self._me.children(recursive=True)]
         self.peak_processes = max(self.peak_processes, len(processes) - 1)
         by_name: dict[str, list[int]] = {}
         for process in processes:
             try:
-                if process.pid != self._me.pid:
-                    rss = process.memory_info().rss
-                    workers += rss
-                    by_name.setdefault(_process_label(process), []).append(rss)
-                rollup = _smaps_rollup(process.pid)
+                rollup = _smaps_rollup(process.pid)  # one read per process: RSS, PSS and its shared part
+                if process.pid == self._me.pid:
+                    driver = rollup.get("Rss", 0)
+                else:
+                    workers += rollup.get("Rss", 0)
+                    by_name.setdefault(_process_label(process), []).append(rollup.get("Rss", 0))
                 pss += rollup.get("Pss", 0)
                 unshared += rollup.get("Pss", 0) - rollup.get("Pss_Shmem", 0)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
