@@ -69,6 +69,7 @@ class _Recorder:
     """An engine that records each request and answers it at once with a parsable verdict."""
 
     slots = 64
+    prefetch = 0
 
     def __init__(self) -> None:
         self.requests: list[JudgeRequest] = []

@@ -32,6 +32,7 @@ class MeteredEngine:
     def __init__(self, inner: Engine, stats_path: Path, startup_s: float, timeline: bool = False) -> None:
         self.inner = inner
         self.slots = inner.slots
+        self.prefetch = inner.prefetch
         self.stats_path = stats_path
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()

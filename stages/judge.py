@@ -241,6 +241,7 @@ class JudgeStage(Stage):
             multi_modal_data=media,
             seed=seed,
             guided_regex=job.regex,
+            group=job.row_id,
         )
         return request, _Slot(job, order, sample, attempt, seed)
 

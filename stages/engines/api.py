@@ -19,6 +19,9 @@ class JudgeRequest:
     multi_modal_data: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     guided_regex: str | None = None  # structured output: the verdict's shape (an engine without it ignores it)
+    # Requests that share their media (a row's answer orders and samples): an engine that processes
+    # media apart (stages/engines/render.py) processes them in one place, once.
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class EngineDead(RuntimeError):
 
 class Engine(Protocol):
     slots: int  # requests it serves at once (vLLM's max_num_seqs); more wait in its queue
+    # Requests it should hold beyond its slots because it prepares them before they can enter (its
+    # render processes): 0 for an engine that takes a request as it is.
+    prefetch: int
 
     def submit(self, request: JudgeRequest) -> "Future[Completion]":
         """Queue one request; the future resolves with its completion or raises RequestRejected/EngineDead."""

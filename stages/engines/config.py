@@ -62,6 +62,14 @@ class EngineConfig(ConfigSection):
         "for cuda (a GPU should not wait for the media processor), off for cpu (measured on 2 cores: the "
         "spawned processes poll and take the CPU the rendering needs; and a slower start).",
     )
+    render_processes: int = Field(
+        default=1,
+        ge=0,
+        description="Processes of a replica's own that render its requests (the tokeniser, the model's media "
+        "processor) while its engine steps; 0: the engine's thread renders each request as it enters, and the "
+        "model waits meanwhile. Each costs about a CPU while busy and the memory of vLLM, the tokeniser and the "
+        "processor; raise it when a replica's verdicts are short and its media large (see Benchmarks).",
+    )
     cpu_threads: int | None = Field(
         default=None, gt=0, description="Engine threads on the CPU engine; default: the actor's CPUs."
     )

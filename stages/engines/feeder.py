@@ -8,7 +8,8 @@ engine's thread when it enters and then holds its processed media while it waits
 queues behind every request that arrived before it, keeping its whole batch (and the batch's
 decoded media) waiting. The feeder keeps at most `capacity` requests in the engine, its slots
 plus a tenth so that a freed slot is refilled before the engine's next step (Ray Data LLM's
-`max_pending_requests` rule), and holds the rest itself, released in this order:
+`max_pending_requests` rule) plus what the engine prepares ahead of its slots (`Engine.prefetch`:
+requests in its render processes), and holds the rest itself, released in this order:
 
 1. retries first: their row is otherwise done and waits on them alone;
 2. then in arrival order, the requests handed over together kept together: a batch's rows in
@@ -32,15 +33,16 @@ from stages.engines.api import Completion, Engine, EngineDead, JudgeRequest
 RETRY, FRESH = 0, 1  # release priority: lower first
 
 
-def engine_capacity(slots: int) -> int:
-    """Requests kept in an engine of `slots` slots: a tenth more, so none idles between steps."""
-    return math.ceil(slots * 1.1)
+def engine_capacity(slots: int, prefetch: int = 0) -> int:
+    """Requests kept in an engine of `slots` slots: a tenth more, so none idles between steps, and
+    those it prepares ahead (`Engine.prefetch`)."""
+    return math.ceil(slots * 1.1) + prefetch
 
 
 class SlotFeeder:
     def __init__(self, engine: Engine, capacity: int | None = None) -> None:
         self.engine = engine
-        self.capacity = capacity or engine_capacity(engine.slots)
+        self.capacity = capacity or engine_capacity(engine.slots, engine.prefetch)
         self._lock = threading.Lock()
         self._held: list[tuple[int, int, JudgeRequest, Future[Completion]]] = []  # a heap
         self._arrival = itertools.count()

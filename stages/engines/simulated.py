@@ -51,6 +51,7 @@ class SimulatedEngine:
         self.script = script
         self.latency = latency
         self.slots = concurrency
+        self.prefetch = 0
         self.max_prompt_chars = max_prompt_chars
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sim-engine")
         self._seed = seed

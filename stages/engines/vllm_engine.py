@@ -1,10 +1,14 @@
 """`Engine` on vLLM, fed continuously from any number of caller threads.
 
 One background thread owns a vLLM V1 `LLMEngine`. The thread loops: move newly submitted requests
-into the engine (rendering each: tokeniser, the model's media processor), run one `step()`,
-resolve the futures of finished requests. Callers only touch a queue, so many batches can be in
-flight and the engine never waits for the slowest verdict of one batch before starting the next
-(what a synchronous `LLM.generate` per batch costs on a GPU).
+into the engine, run one `step()`, resolve the futures of finished requests. Callers only touch a
+queue, so many batches can be in flight and the engine never waits for the slowest verdict of one
+batch before starting the next (what a synchronous `LLM.generate` per batch costs on a GPU).
+
+A request is rendered (tokeniser, the model's media processor) before it enters: by the replica's
+render processes (`EngineConfig.render_processes`, render.py) while the engine steps, the engine
+then holding `prefetch` requests beyond its slots so that rendering stays ahead of them; or, with
+none (or none that could start: a warning says why), on this thread as the request enters.
 
 Where the engine core (scheduler and model) runs is `EngineConfig.core_process`: in a process of
 its own (vLLM's multiprocessing mode, its default; on by default on cuda), the model computes
@@ -43,8 +47,10 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import logging
+import math
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -56,6 +62,7 @@ import numpy as np
 from stages.engines.api import Completion, EngineDead, JudgeRequest, RequestRejected
 from stages.engines.config import EngineConfig, SamplingConfig
 from stages.engines.families import PLACEHOLDERS, ModelFamily
+from stages.engines.render import RenderPool, RenderSpec
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +84,8 @@ class _Pending:
     request: JudgeRequest
     future: "Future[Completion]"
     key: str = ""
+    rendered: Any = None  # its engine input, when a render process made it
+    render_error: Exception | None = None
 
 
 def _rejected(request: JudgeRequest, exc: Exception) -> RequestRejected:
@@ -254,7 +263,9 @@ class VllmEngine:
         self._ready = threading.Event()
         self._llm: Any = None
         self._tok_params: Any = None
+        self._renderer: RenderPool | None = None
         self.slots = engine.max_num_seqs
+        self.prefetch = 0
         self._thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -277,9 +288,33 @@ class VllmEngine:
             if self._dead is not None or self._stopping:
                 future.set_exception(self._dead_error())
                 return future
+            renderer = self._renderer
+        if renderer is None:
+            self._enqueue(pending)
+        else:
+            renderer.submit(request).add_done_callback(lambda rendered: self._rendered(pending, rendered))
+        return future
+
+    def _enqueue(self, pending: _Pending) -> None:
+        with self._cond:
+            if self._dead is not None or self._stopping:
+                pending.future.set_exception(self._dead_error())
+                return
             self._queue.append(pending)
             self._cond.notify()
-        return future
+
+    def _rendered(self, pending: _Pending, rendered: "Future[Any]") -> None:
+        error = rendered.exception()
+        if isinstance(error, EngineDead):  # a render process died: this replica cannot go on
+            with self._cond:
+                if not self._stopping:
+                    self._dead = self._dead or error
+                self._cond.notify()
+        elif error is not None:
+            pending.render_error = error
+        else:
+            pending.rendered = rendered.result()
+        self._enqueue(pending)
 
     def shutdown(self) -> None:
         with self._cond:
@@ -303,6 +338,32 @@ class VllmEngine:
 
     def _start(self) -> None:
         apart = prepare_engine_process(self._config, self._threads)
+        renderer = self._start_renderer()  # its processes start while the model loads
+        try:
+            self._load(apart)
+        except BaseException:
+            if renderer is not None:
+                renderer.shutdown()
+            raise
+        if renderer is not None:
+            try:
+                renderer.wait_ready()
+                self._renderer = renderer
+                self.prefetch = math.ceil(self.slots / 4)
+            except Exception as exc:  # noqa: BLE001 - the engine still judges, rendering on its thread
+                logger.warning("render processes unavailable, the engine thread renders instead: %s", exc)
+
+    def _start_renderer(self) -> RenderPool | None:
+        if self._config.render_processes == 0:
+            return None
+        spec = RenderSpec(self._args, self._config.resolved_family(), cpu=self._config.device == "cpu")
+        try:
+            return RenderPool(spec, self._config.render_processes)
+        except Exception as exc:  # noqa: BLE001 - the engine still judges, rendering on its thread
+            logger.warning("render processes unavailable, the engine thread renders instead: %s", exc)
+            return None
+
+    def _load(self, apart: bool) -> None:
         from vllm import EngineArgs
         from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.llm_engine import LLMEngine
@@ -348,7 +409,11 @@ class VllmEngine:
             return  # cancelled by its caller before it reached the engine
         pending.key = f"{next(self._keys)}:{pending.request.request_id}"
         try:
-            engine_input = self._render(pending.request)
+            if pending.render_error is not None:
+                raise pending.render_error
+            engine_input = pending.rendered if pending.rendered is not None else self._render(pending.request)
+            pending.rendered = None  # the engine holds it now
+            engine_input["arrival_time"] = time.time()  # vLLM's latency figures count from here
             self._llm.add_request(pending.key, engine_input, self._sampling_params(pending.request))
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the others
             pending.future.set_exception(_rejected(pending.request, exc))
@@ -389,6 +454,9 @@ class VllmEngine:
             self._close_engine()
 
     def _close_engine(self) -> None:
+        renderer, self._renderer = self._renderer, None
+        if renderer is not None:
+            renderer.shutdown()  # fails what it still held: their callers learn the engine is gone
         llm, self._llm = self._llm, None
         if llm is None:
             return
@@ -402,9 +470,9 @@ class VllmEngine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._running and not self._stopping:
+                while not self._queue and not self._running and not self._stopping and self._dead is None:
                     self._cond.wait()
-                if self._stopping:
+                if self._stopping or self._dead is not None:
                     return
                 batch = list(self._queue)
                 self._queue.clear()

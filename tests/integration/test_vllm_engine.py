@@ -308,7 +308,8 @@ def test_a_rows_second_answer_order_is_served_from_the_prefix_cache(engine: Vllm
         )
 
     feeder = SlotFeeder(engine)
-    assert feeder.capacity == 36  # the engine's max_num_seqs as vLLM resolved it, and a tenth
+    # The engine's max_num_seqs as vLLM resolved it, a tenth, and a quarter prepared ahead in its render process.
+    assert feeder.capacity == 36 + 8
     ab, ba = feeder.submit_all([JudgeRequest("row:ab", prompt(*answers), {"image": image}),
                                 JudgeRequest("row:ba", prompt(*reversed(answers)), {"image": image})])
     first, second = ab.result(timeout=TIMEOUT_S), ba.result(timeout=TIMEOUT_S)
@@ -393,3 +394,95 @@ def test_an_engine_core_run_apart_judges_every_modality_and_leaves_no_process(ti
         os.environ.update(environment)
     _, alive = psutil.wait_procs(spawned, timeout=30)
     assert not alive, f"engine processes left after shutdown: {[p.cmdline() for p in alive]}"
+
+
+# A second engine in this process beside the module's: vLLM's CPU worker sizes its KV cache as a share
+# of RAM less what the process already holds, which the first engine has taken; give it a size.
+BESIDE = {"kv_cache_memory_bytes": 1 << 28}
+
+
+def render_processes() -> list[Any]:
+    import psutil
+
+    return [child for child in psutil.Process().children(recursive=True)
+            if "stages.engines.render" in " ".join(child.cmdline())]
+
+
+def one_by_one(engine: VllmEngine, requests: list[JudgeRequest]) -> list[Completion]:
+    """Each request alone in the engine, so that no batching can change its numbers."""
+    return [engine.submit(request).result(timeout=TIMEOUT_S) for request in requests]
+
+
+@pytest.mark.engine
+def test_a_render_process_judges_exactly_as_the_engine_thread(engine: VllmEngine, tiny_model_dir: Path) -> None:
+    """The default engine renders in a process of its own, at a lower priority than the engine; an
+    engine rendering on its own thread (render_processes: 0) gives the same seeded requests of
+    every modality the same completions, token for token."""
+    (process,) = render_processes()
+    assert process.nice() == 10
+    m = media()
+    requests = [
+        pairwise_request("text", chat(""), seed=11),
+        pairwise_request("image+audio", chat(IMAGE + AUDIO), {"image": m["image"], "audio": m["audio"]}, seed=12),
+        pairwise_request("video+fps", chat(VIDEO), {"video": (m["video"], {"fps": 1.0})}, seed=13),
+    ]
+    rendered_apart = one_by_one(engine, requests)
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
+                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=32, render_processes=0,
+                          extra=BESIDE)
+    with VllmEngine(config, SamplingConfig(max_tokens=300), structured=True, cpu_threads=2) as on_thread:
+        assert on_thread.prefetch == 0 and len(render_processes()) == 1  # only the module engine's
+        rendered_here = one_by_one(on_thread, requests)
+    assert [(c.text, c.prompt_tokens, c.output_tokens) for c in rendered_apart] == \
+        [(c.text, c.prompt_tokens, c.output_tokens) for c in rendered_here]
+
+
+@pytest.mark.engine
+def test_a_dead_render_process_stops_its_engine_and_nothing_is_left(tiny_model_dir: Path) -> None:
+    """A render process killed (out of memory, say): what it held and everything after fails with
+    EngineDead, as a dead engine's requests do, so the replica is restarted instead of hanging."""
+    import psutil
+
+    before = {p.pid for p in render_processes()}
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
+                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, extra=BESIDE)
+    engine = VllmEngine(config, SamplingConfig(max_tokens=20), structured=False, cpu_threads=1)
+    try:
+        (process,) = [p for p in render_processes() if p.pid not in before]
+        check = engine.submit(JudgeRequest("alive", chat(IMAGE), {"image": media()["image"]}))
+        assert check.result(timeout=TIMEOUT_S).output_tokens > 0
+        process.kill()
+        process.wait(timeout=30)
+        with pytest.raises(EngineDead, match="render process 0 exited"):
+            engine.submit(JudgeRequest("after", chat(IMAGE), {"image": media()["image"]})).result(timeout=TIMEOUT_S)
+        with pytest.raises(EngineDead):
+            engine.submit(JudgeRequest("later", chat(""))).result(timeout=TIMEOUT_S)
+    finally:
+        engine.shutdown()
+    assert not psutil.pid_exists(process.pid) or process.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.engine
+def test_render_processes_that_cannot_start_leave_the_engine_rendering_itself(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A render process that fails to build its renderer: the engine says so in its log and
+    renders on its own thread; the process that failed is gone."""
+    from stages.engines import vllm_engine
+    from stages.engines.render import RenderSpec
+
+    def unloadable(args: dict[str, Any], family: str, cpu: bool) -> RenderSpec:
+        return RenderSpec({**args, "model": str(tiny_model_dir / "missing")}, family, cpu=cpu)
+
+    monkeypatch.setattr(vllm_engine, "RenderSpec", unloadable)
+    before = {p.pid for p in render_processes()}
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
+                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, extra=BESIDE)
+    with caplog.at_level("WARNING", logger="stages.engines.vllm_engine"):
+        with VllmEngine(config, SamplingConfig(max_tokens=20), structured=False, cpu_threads=1) as engine:
+            assert engine.prefetch == 0
+            assert not [p for p in render_processes() if p.pid not in before]
+            completion = engine.submit(JudgeRequest("image", chat(IMAGE), {"image": media()["image"]}))
+            assert completion.result(timeout=TIMEOUT_S).output_tokens > 0
+    assert "render processes unavailable, the engine thread renders instead" in caplog.text
+    assert "render process 0 failed to start" in caplog.text

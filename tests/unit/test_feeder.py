@@ -22,6 +22,7 @@ class HeldEngine:
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
+        self.prefetch = 0
         self.entered: list[str] = []
         self.running: dict[str, Future] = {}
         self.lock = threading.Lock()
@@ -62,6 +63,14 @@ def request(request_id: str) -> JudgeRequest:
 def test_capacity_is_the_engines_slots_and_a_tenth():
     assert engine_capacity(256) == 282 and engine_capacity(64) == 71 and engine_capacity(1) == 2
     assert SlotFeeder(HeldEngine(slots=64)).capacity == 71
+
+
+def test_an_engine_preparing_requests_ahead_is_given_that_many_more():
+    """An engine whose render processes prepare requests before slots free (its prefetch) holds
+    them beyond its slots and their tenth; otherwise a freed slot waits for a render."""
+    engine = HeldEngine(slots=64)
+    engine.prefetch = 16
+    assert engine_capacity(64, 16) == 87 and SlotFeeder(engine).capacity == 87
 
 
 def test_requests_enter_as_slots_free_and_in_the_order_given():

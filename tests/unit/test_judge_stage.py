@@ -82,6 +82,17 @@ def test_samples_multiply_requests_with_distinct_seeds():
     assert out["votes_a"] == 6
 
 
+def test_a_rows_requests_share_a_group_and_rows_do_not():
+    """Both orders x samples of a row (and its retries) carry the row's id as their group: an engine
+    that processes media apart processes a row's media once, in one place."""
+    recorder = Recorder()
+    stage = JudgeStage(judging_format("pairwise"), JudgeConfig(samples=2), engine_factory=lambda: recorder)
+    stage.process(table([{"id": "r1", "response_a": "a", "response_b": "b"},
+                         {"id": "r2", "response_a": "c", "response_b": "d"}]))
+    groups = [request.group for request in recorder.requests]
+    assert groups == ["r1"] * 4 + ["r2"] * 4
+
+
 def test_unparsed_verdict_is_retried_with_a_new_seed():
     out = judge(flaky_judge, [{"id": "r1", "response_a": "GOOD", "response_b": "b"}], max_retries=1).to_pylist()[0]
     assert out["error_stage"] is None and out["winner"] == "a"
@@ -176,6 +187,7 @@ class Recorder:
     """An engine that keeps every request and answers each at once."""
 
     slots = 64
+    prefetch = 0
 
     def __init__(self) -> None:
         self.requests: list[JudgeRequest] = []
