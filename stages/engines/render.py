@@ -51,10 +51,6 @@ logger = logging.getLogger(__name__)
 # its last (both orders x samples arrive together), not the engine's whole working set.
 RENDER_CACHE_GB = 1.0
 START_TIMEOUT_S = 600.0  # a cold import of vLLM and the model's processor on a loaded node
-# Rendering runs ahead of the engine (its `prefetch`), so it can wait: on a replica short of cores
-# the engine's thread, which the model waits on, goes first. Measured on 2 cores: windows of
-# 11.6-12.9 s against 14.2-15.3 s for the same 512 requests at the default priority.
-RENDER_NICENESS = 10
 
 
 class RenderError(ValueError):
@@ -125,7 +121,6 @@ def _build_renderer(spec: RenderSpec) -> tuple[Any, Any]:
 
 def _render_main(conn: Connection) -> None:
     """A render process: build the renderer, then render each batch received until the socket ends."""
-    os.nice(RENDER_NICENESS)
     try:
         spec: RenderSpec = pickle.loads(conn.recv_bytes())
         config, renderer = _build_renderer(spec)

@@ -415,11 +415,10 @@ def one_by_one(engine: VllmEngine, requests: list[JudgeRequest]) -> list[Complet
 
 @pytest.mark.engine
 def test_a_render_process_judges_exactly_as_the_engine_thread(engine: VllmEngine, tiny_model_dir: Path) -> None:
-    """The default engine renders in a process of its own, at a lower priority than the engine; an
-    engine rendering on its own thread (render_processes: 0) gives the same seeded requests of
-    every modality the same completions, token for token."""
-    (process,) = render_processes()
-    assert process.nice() == 10
+    """The default engine renders in a process of its own; an engine rendering on its own thread
+    (render_processes: 0) gives the same seeded requests of every modality the same completions,
+    token for token."""
+    assert len(render_processes()) == 1
     m = media()
     requests = [
         pairwise_request("text", chat(""), seed=11),
