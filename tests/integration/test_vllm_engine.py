@@ -22,6 +22,10 @@ VIDEO = "<|vision_bos|><|VIDEO|><|vision_eos|>"
 AUDIO = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 MAX_MODEL_LEN = 2048
 TIMEOUT_S = 120
+# Each engine here gets a KV cache of a set size: vLLM's CPU worker otherwise sizes it as a share of RAM
+# less what this process already holds, and pytest's process grows over the suite (on an 11 GiB CI
+# machine it outgrew the share). The demo's engines, in fresh actors, keep the share (tests/e2e).
+KV_CACHE = {"kv_cache_memory_bytes": 1 << 28}
 
 
 def pairwise_request(request_id: str, prompt: str, data: dict[str, Any] | None = None, **fields: Any) -> JudgeRequest:
@@ -55,6 +59,7 @@ def engine(tiny_model_dir: Path) -> Iterator[VllmEngine]:
         max_model_len=MAX_MODEL_LEN,
         enforce_eager=True,
         max_num_seqs=32,
+        extra=KV_CACHE,
     )
     eng = VllmEngine(config, SamplingConfig(max_tokens=300), structured=True, cpu_threads=2)
     yield eng
@@ -371,7 +376,8 @@ def test_an_engine_core_run_apart_judges_every_modality_and_leaves_no_process(ti
 
     pytest.importorskip("vllm")
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
-                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, core_process=True)
+                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, core_process=True,
+                          extra=KV_CACHE)
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
     environment = dict(os.environ)  # the engine readies it for the processes it spawns
@@ -394,11 +400,6 @@ def test_an_engine_core_run_apart_judges_every_modality_and_leaves_no_process(ti
         os.environ.update(environment)
     _, alive = psutil.wait_procs(spawned, timeout=30)
     assert not alive, f"engine processes left after shutdown: {[p.cmdline() for p in alive]}"
-
-
-# A second engine in this process beside the module's: vLLM's CPU worker sizes its KV cache as a share
-# of RAM less what the process already holds, which the first engine has taken; give it a size.
-BESIDE = {"kv_cache_memory_bytes": 1 << 28}
 
 
 def render_processes() -> list[Any]:
@@ -428,7 +429,7 @@ def test_a_render_process_judges_exactly_as_the_engine_thread(engine: VllmEngine
     rendered_apart = one_by_one(engine, requests)
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
                           max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=32, render_processes=0,
-                          extra=BESIDE)
+                          extra=KV_CACHE)
     with VllmEngine(config, SamplingConfig(max_tokens=300), structured=True, cpu_threads=2) as on_thread:
         assert on_thread.prefetch == 0 and len(render_processes()) == 1  # only the module engine's
         rendered_here = one_by_one(on_thread, requests)
@@ -444,7 +445,7 @@ def test_a_dead_render_process_stops_its_engine_and_nothing_is_left(tiny_model_d
 
     before = {p.pid for p in render_processes()}
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
-                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, extra=BESIDE)
+                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, extra=KV_CACHE)
     engine = VllmEngine(config, SamplingConfig(max_tokens=20), structured=False, cpu_threads=1)
     try:
         (process,) = [p for p in render_processes() if p.pid not in before]
@@ -476,7 +477,7 @@ def test_render_processes_that_cannot_start_leave_the_engine_rendering_itself(
     monkeypatch.setattr(vllm_engine, "RenderSpec", unloadable)
     before = {p.pid for p in render_processes()}
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
-                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, extra=BESIDE)
+                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, extra=KV_CACHE)
     with caplog.at_level("WARNING", logger="stages.engines.vllm_engine"):
         with VllmEngine(config, SamplingConfig(max_tokens=20), structured=False, cpu_threads=1) as engine:
             assert engine.prefetch == 0
