@@ -28,6 +28,13 @@ TIMEOUT_S = 120
 KV_CACHE = {"kv_cache_memory_bytes": 1 << 28}
 
 
+def tiny_engine_config(tiny_model_dir: Path, max_num_seqs: int, **fields: Any) -> EngineConfig:
+    """The tiny model on vLLM-CPU as every engine in this module runs it."""
+    return EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
+                        max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=max_num_seqs,
+                        extra=KV_CACHE, **fields)
+
+
 def pairwise_request(request_id: str, prompt: str, data: dict[str, Any] | None = None, **fields: Any) -> JudgeRequest:
     return JudgeRequest(request_id, prompt, data or {}, guided_regex=PAIRWISE_REGEX, **fields)
 
@@ -52,15 +59,7 @@ def media() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path) -> Iterator[VllmEngine]:
     pytest.importorskip("vllm")
-    config = EngineConfig(
-        model=str(tiny_model_dir),
-        device="cpu",
-        gpu_memory_utilization=0.1,
-        max_model_len=MAX_MODEL_LEN,
-        enforce_eager=True,
-        max_num_seqs=32,
-        extra=KV_CACHE,
-    )
+    config = tiny_engine_config(tiny_model_dir, 32)
     eng = VllmEngine(config, SamplingConfig(max_tokens=300), structured=True, cpu_threads=2)
     yield eng
     eng.shutdown()
@@ -375,9 +374,7 @@ def test_an_engine_core_run_apart_judges_every_modality_and_leaves_no_process(ti
     import psutil
 
     pytest.importorskip("vllm")
-    config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
-                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, core_process=True,
-                          extra=KV_CACHE)
+    config = tiny_engine_config(tiny_model_dir, 8, core_process=True)
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
     environment = dict(os.environ)  # the engine readies it for the processes it spawns
@@ -427,9 +424,7 @@ def test_a_render_process_judges_exactly_as_the_engine_thread(engine: VllmEngine
         pairwise_request("video+fps", chat(VIDEO), {"video": (m["video"], {"fps": 1.0})}, seed=13),
     ]
     rendered_apart = one_by_one(engine, requests)
-    config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
-                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=32, render_processes=0,
-                          extra=KV_CACHE)
+    config = tiny_engine_config(tiny_model_dir, 32, render_processes=0)
     with VllmEngine(config, SamplingConfig(max_tokens=300), structured=True, cpu_threads=2) as on_thread:
         assert on_thread.prefetch == 0 and len(render_processes()) == 1  # only the module engine's
         rendered_here = one_by_one(on_thread, requests)
@@ -444,8 +439,7 @@ def test_a_dead_render_process_stops_its_engine_and_nothing_is_left(tiny_model_d
     import psutil
 
     before = {p.pid for p in render_processes()}
-    config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
-                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, extra=KV_CACHE)
+    config = tiny_engine_config(tiny_model_dir, 8)
     engine = VllmEngine(config, SamplingConfig(max_tokens=20), structured=False, cpu_threads=1)
     try:
         (process,) = [p for p in render_processes() if p.pid not in before]
@@ -476,8 +470,7 @@ def test_render_processes_that_cannot_start_leave_the_engine_rendering_itself(
 
     monkeypatch.setattr(vllm_engine, "RenderSpec", unloadable)
     before = {p.pid for p in render_processes()}
-    config = EngineConfig(model=str(tiny_model_dir), device="cpu", gpu_memory_utilization=0.1,
-                          max_model_len=MAX_MODEL_LEN, enforce_eager=True, max_num_seqs=8, extra=KV_CACHE)
+    config = tiny_engine_config(tiny_model_dir, 8)
     with caplog.at_level("WARNING", logger="stages.engines.vllm_engine"):
         with VllmEngine(config, SamplingConfig(max_tokens=20), structured=False, cpu_threads=1) as engine:
             assert engine.prefetch == 0
