@@ -84,11 +84,9 @@ def test_one_large_shard_is_read_as_batch_sized_blocks(tmp_path, ray_session):
     assert len(blocks) >= 5 and max(blocks) <= 8
 
 
-def test_label_and_write_run_in_one_task_after_the_judge(tmp_path, ray_session):
+def test_label_and_write_run_in_one_task_after_the_judge(tmp_path, ray_session, capsys):
     # Ray Data reserves CPUs for the plan's operators upstream first: a write operator of its own got
     # none on a 4-CPU node and stalled while the judge's output piled up in the object store.
-    from ray.data._internal.util import explain_plan
-
     from pipelines.adapter import apply_stage, read_rows
     from pipelines.curate import build_stages
 
@@ -96,7 +94,9 @@ def test_label_and_write_run_in_one_task_after_the_judge(tmp_path, ray_session):
     dataset = read_rows([str(tmp_path / "input")], None, 8)
     for stage in build_stages(config(tmp_path), engine_factory=simulated_engine):
         dataset = apply_stage(dataset, stage)
-    physical = explain_plan(dataset._logical_plan).split("Physical Plan (Optimized)")[1]
+    capsys.readouterr()
+    dataset.explain()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     operators = [line.strip(" +-") for line in physical.splitlines() if "[" in line]
     assert operators[0] == "TaskPoolMapOperator[MapBatches(_run_task)->MapBatches(_run_task)]", physical
     assert operators[1].startswith("ActorPoolMapOperator[") and operators[1].endswith("(_ActorStage)]"), physical
