@@ -117,13 +117,14 @@ def read_rows(
     `row_hash`, each row's `row_hash`: a hash of its shard's path and its position there, for rows
     without an id.
 
-    Ray Data packs row groups into read tasks of up to 128 MiB with one output block each; with
-    media columns that is hundreds of rows, and a map stage runs one task per block, so a shard's
-    media would decode serially on one core while the others idle. A streaming repartition (block
-    slicing, no shuffle) cuts the blocks to the first stages' batch size: CPU stages run one task per
-    batch, in parallel, and the judge receives batch-sized bundles.
+    Ray Data packs row groups into read tasks (READ_UNIT_BYTES each by the footers' sizes) with one
+    output block each; with media columns that is hundreds of rows, and a map stage runs one task
+    per block, so a shard's media would decode serially on one core while the others idle. A
+    streaming repartition (block slicing, no shuffle) cuts the blocks to the first stages' batch
+    size: CPU stages run one task per batch, in parallel, and the judge receives batch-sized bundles.
     """
-    with _footer_readers(footer_readers_for(len(paths))):
+    settings = {FOOTER_READERS_VARIABLE: str(footer_readers_for(len(paths))), READ_UNIT_VARIABLE: str(READ_UNIT_BYTES)}
+    with _ray_data_settings(settings):
         dataset = ray.data.read_parquet(paths, filesystem=filesystem, schema=schema, include_row_hash=row_hash)
     return dataset.repartition(target_num_rows_per_block=rows_per_block)
 
@@ -142,19 +143,31 @@ def footer_readers_for(shards: int) -> int:
     return max(1, min(RAY_FOOTER_READERS, math.ceil(shards / SHARDS_PER_FOOTER_READER)))
 
 
+# Ray Data bin-packs the shards' row groups into read units of 128 MiB, sized from the footers, and
+# a read task puts its whole unit in the object store before the streaming executor can hold the
+# read back: its budget gates tasks, not rows. With media columns the footers' sizes undercount
+# what a unit holds in memory (a 128 MiB unit of the demo's rows held 670 MB: 16,000 rows), so two
+# tasks read a 32,000-row input at once and the store held all of it ahead of the decode; under a
+# 512 MiB Ray Data object-store limit, less than one unit, the run stalled. 4 MiB units (a row group
+# larger than that is a unit of its own) took a third off the store's peak and a quarter off the
+# footprint of a 32,000-row run at the same speed, and the 512 MiB limit no longer stalls it
+# (bench/README.md, "Read units").
+READ_UNIT_BYTES = 4 * 2**20
+READ_UNIT_VARIABLE = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+FOOTER_READERS_VARIABLE = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+
+
 @contextmanager
-def _footer_readers(count: int) -> Iterator[None]:
-    """Ray Data takes its footer pool's size from the environment when `read_parquet` builds the
-    plan (in this process); set it for that call only, unless the user set it."""
-    name = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = str(count)
+def _ray_data_settings(settings: dict[str, str]) -> Iterator[None]:
+    """Ray Data reads these from the environment when `read_parquet` builds the plan (in this
+    process); set each for that call only, unless the user set it."""
+    ours = {name: value for name, value in settings.items() if name not in os.environ}
+    os.environ.update(ours)
     try:
         yield
     finally:
-        del os.environ[name]
+        for name in ours:
+            del os.environ[name]
 
 
 def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None, ledger: Any | None = None) -> Dataset:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -119,6 +120,30 @@ def test_a_small_read_starts_one_footer_reader_not_rays_32(tmp_path, ray_session
     assert rows == 24 and len(footer_readers() - earlier) == 1
     assert "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS" not in os.environ  # set for the read only
     assert [footer_readers_for(n) for n in (1, 1000, 1001, 5000, 10**6)] == [1, 1, 2, 5, 32]
+
+
+def test_shards_are_read_in_small_units_the_object_store_budget_can_hold_back(tmp_path, ray_session, monkeypatch):
+    # A read task puts its whole unit in the object store: with Ray Data's 128 MiB units the first
+    # two tasks held a 32,000-row input there ahead of the decode, whatever its budget.
+    import numpy as np
+
+    from pipelines.adapter import READ_UNIT_BYTES, READ_UNIT_VARIABLE, read_rows
+
+    def read_tasks() -> int:
+        dataset = read_rows(paths, None, 8)
+        assert sum(b.num_rows for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None)) == 6 * 4
+        return int(re.search(r"ReadFiles\w*: (\d+) tasks executed", dataset.stats()).group(1))
+
+    rng, paths = np.random.default_rng(0), []
+    for shard in range(6):  # 4 incompressible rows of a quarter unit each: a shard is just over a unit
+        blobs = [rng.bytes(READ_UNIT_BYTES // 4 + 1) for _ in range(4)]
+        paths.append(str(tmp_path / f"part-{shard}.parquet"))
+        pq.write_table(pa.table({"id": [f"{shard}-{i}" for i in range(4)], "blob": blobs}), paths[-1])
+    monkeypatch.delenv(READ_UNIT_VARIABLE, raising=False)
+    assert read_tasks() == 6  # a shard larger than a unit is a unit of its own
+    assert READ_UNIT_VARIABLE not in os.environ  # set for the read only
+    monkeypatch.setenv(READ_UNIT_VARIABLE, str(128 * 2**20))  # the user's own setting wins: Ray's default
+    assert read_tasks() == 1
 
 
 def test_a_task_hands_the_heap_it_freed_back_before_its_worker_idles():
