@@ -146,7 +146,7 @@ def footer_readers_for(shards: int) -> int:
 # Ray Data bin-packs the shards' row groups into read units of 128 MiB, sized from the footers, and
 # a read task puts its whole unit in the object store before the streaming executor can hold the
 # read back: its budget gates tasks, not rows. With media columns the footers' sizes undercount
-# what a unit holds in memory (a 128 MiB unit of the demo's rows held 670 MB: 16,000 rows), so two
+# what a unit holds in memory (a 128 MiB unit of the demo's rows held 672 MB: 16,064 rows), so two
 # tasks read a 32,000-row input at once and the store held all of it ahead of the decode; under a
 # 512 MiB Ray Data object-store limit, less than one unit, the run stalled. 4 MiB units (a row group
 # larger than that is a unit of its own) took a third off the store's peak and a quarter off the
