@@ -280,6 +280,7 @@ class MemorySampler:
         self.peak = {"driver_rss": 0, "workers_rss": 0, "total_rss": 0, "total_pss": 0, "footprint": 0, "shm": 0}
         self.peak_processes = 0  # Ray processes (raylet, GCS, workers) alive at once, at most
         self.at_peak: dict[str, dict[str, float]] = {}
+        self.footprint_at_peak: dict[str, dict[str, float]] = {}
         self.samples = 0
         # (seconds since start, total RSS bytes, footprint bytes)
         self.timeline: list[tuple[float, int, int]] = []
@@ -295,22 +296,29 @@ class MemorySampler:
         processes = [self._me, *self._me.children(recursive=True)]
         self.peak_processes = max(self.peak_processes, len(processes) - 1)
         by_name: dict[str, list[int]] = {}
+        unshared_by_name: dict[str, list[int]] = {}
         for process in processes:
             try:
                 rollup = _smaps_rollup(process.pid)  # one read per process: RSS, PSS and its shared part
+                own = rollup.get("Pss", 0) - rollup.get("Pss_Shmem", 0)
                 if process.pid == self._me.pid:
                     driver = rollup.get("Rss", 0)
+                    unshared_by_name.setdefault("driver", []).append(own)
                 else:
                     workers += rollup.get("Rss", 0)
                     by_name.setdefault(_process_label(process), []).append(rollup.get("Rss", 0))
+                    unshared_by_name.setdefault(_process_label(process), []).append(own)
                 pss += rollup.get("Pss", 0)
-                unshared += rollup.get("Pss", 0) - rollup.get("Pss_Shmem", 0)
+                unshared += own
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
                 continue
         shm = max(0, _shm_used() - self._shm_before)
         if driver + workers > self.peak["total_rss"]:  # what the peak was made of
-            self.at_peak = {name: {"processes": len(v), "rss_mib": round(sum(v) / 2**20, 1)}
-                            for name, v in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))}
+            self.at_peak = {name: {"processes": kind["processes"], "rss_mib": kind["mib"]}
+                            for name, kind in _mib_by_name(by_name).items()}
+        if unshared + shm > self.peak["footprint"]:
+            self.footprint_at_peak = {"object store (/dev/shm)": {"processes": 0, "mib": round(shm / 2**20, 1)}}
+            self.footprint_at_peak.update(_mib_by_name(unshared_by_name))
         for key, value in (("driver_rss", driver), ("workers_rss", workers), ("total_rss", driver + workers),
                            ("total_pss", pss), ("footprint", unshared + shm), ("shm", shm)):
             self.peak[key] = max(self.peak[key], value)
@@ -348,7 +356,14 @@ class MemorySampler:
 
     def peaks_mib(self) -> dict[str, float]:
         peaks = {f"peak_{key}_mib": round(value / 2**20, 1) for key, value in self.peak.items()}
-        return {**peaks, "peak_processes": self.peak_processes, "rss_at_peak_by_process": self.at_peak}
+        return {**peaks, "peak_processes": self.peak_processes, "rss_at_peak_by_process": self.at_peak,
+                "footprint_at_peak_by_process": self.footprint_at_peak}
+
+
+def _mib_by_name(bytes_by_name: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """{process kind: [bytes per process]} as {kind: {processes, mib}}, largest first."""
+    return {name: {"processes": len(values), "mib": round(sum(values) / 2**20, 1)}
+            for name, values in sorted(bytes_by_name.items(), key=lambda kv: -sum(kv[1]))}
 
 
 def _shm_used() -> int:

@@ -48,10 +48,12 @@ _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def release_freed_memory() -> None:
-    """Hand the heap a task freed back to the OS before its worker idles (glibc keeps it otherwise)."""
+    """Hand the memory a task freed back to the OS before its worker idles: glibc's heap (numpy,
+    Python) and Arrow's pool (mimalloc), which both keep freed pages otherwise."""
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
         trim(0)
+    pa.default_memory_pool().release_unused()
 
 
 class _ActorStage:
