@@ -305,9 +305,10 @@ class MemorySampler:
                     driver = rollup.get("Rss", 0)
                     unshared_by_name.setdefault("driver", []).append(own)
                 else:
+                    label = _process_label(process)
                     workers += rollup.get("Rss", 0)
-                    by_name.setdefault(_process_label(process), []).append(rollup.get("Rss", 0))
-                    unshared_by_name.setdefault(_process_label(process), []).append(own)
+                    by_name.setdefault(label, []).append(rollup.get("Rss", 0))
+                    unshared_by_name.setdefault(label, []).append(own)
                 pss += rollup.get("Pss", 0)
                 unshared += own
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):

@@ -165,9 +165,10 @@ def test_a_task_hands_the_heap_it_freed_back_before_its_worker_idles():
     assert holding - rss_mib() > 100  # of the ~170 MiB freed
     assert len(kept) == 3000
 
+
 def test_a_task_hands_the_arrow_memory_it_freed_back_before_its_worker_idles():
     # Arrow's pool (mimalloc) keeps freed pages for reuse, and glibc's malloc_trim does not reach it:
-    # idle decode workers held ~320 MiB each of it between tasks.
+    # a worker that built a batch's tables would keep them resident between tasks.
     import psutil
     import pyarrow.compute as pc
 
