@@ -34,13 +34,16 @@ KINDS = ("image", "audio", "video", "image+audio")
 
 @contextmanager
 def ray_session(num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[float]:
-    """A fresh embedded Ray whose workers import this checkout, with the logical CPUs the job's
-    embedded Ray gets unless `num_cpus` says otherwise; yields the seconds ray.init took.
+    """A fresh embedded Ray whose workers import this checkout and start as the job's do
+    (`worker_env()`), with the logical CPUs the job's embedded Ray gets unless `num_cpus` says
+    otherwise; yields the seconds ray.init took.
 
     num_gpus declares GPUs whether or not the machine has them: the simulated engine's judge actor
     then asks for one, as in production, and Ray lays the plan out as it would on a GPU node.
     """
     import ray
+
+    from pipelines.adapter import worker_env
 
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     started = time.perf_counter()
@@ -49,7 +52,7 @@ def ray_session(num_cpus: int | None = None, num_gpus: int | None = None) -> Ite
         num_gpus=num_gpus,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        runtime_env={"env_vars": {**worker_env(), "PYTHONPATH": pythonpath}},
     )
     init_s = time.perf_counter() - started
     import ray.data  # noqa: F401 - its logging set-up runs at import; quieten it after that

@@ -145,8 +145,11 @@ def quiet_ray_data(verbose: bool) -> None:
 def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), else start an embedded local Ray. The
     workers' output (engine start-up logs, library warnings) reaches this process only with
-    `verbose`; it is always in Ray's log files (the dashboard's logs on a cluster)."""
+    `verbose`; it is always in Ray's log files (the dashboard's logs on a cluster). The job's
+    workers start with `worker_env()` (pipelines/adapter.py)."""
     import ray
+
+    from pipelines.adapter import worker_env
 
     quiet_ray_data(verbose)
     if ray.is_initialized():
@@ -154,14 +157,15 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {} if verbose else {"logging_level": logging.WARNING}
     logical = num_cpus or embedded_ray_cpus()
+    workers = {"env_vars": worker_env()}
     reached = False
     try:
         if address:
             _check_reachable(address)
             reached = True
-            ray.init(address=address, log_to_driver=verbose, **quiet)
+            ray.init(address=address, log_to_driver=verbose, runtime_env=workers, **quiet)
             return
-        ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=verbose, **quiet)
+        ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=verbose, runtime_env=workers, **quiet)
     except Exception as exc:
         raise cluster_unavailable(exc, address, reached) from exc
     log.info("started an embedded local Ray with %d logical CPUs", logical)

@@ -49,11 +49,29 @@ _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 def release_freed_memory() -> None:
     """Hand the memory a task freed back to the OS before its worker idles: glibc's heap (numpy,
-    Python) and Arrow's pool (mimalloc), which both keep freed pages otherwise."""
+    Python, and Arrow's buffers under WORKER_ENV) and Arrow's pool, which both keep freed pages
+    otherwise."""
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
         trim(0)
     pa.default_memory_pool().release_unused()
+
+
+# Arrow's default pool in the pyarrow wheels (mimalloc) keeps in its arena what a task freed, in
+# the worker that freed it: between tasks an idle Ray worker held 110-230 MiB there, which neither
+# malloc_trim nor Arrow's release_unused() returned, and Ray keeps several workers idle. On the C
+# allocator a large buffer goes back to the OS when freed and the rest is trimmed after each task
+# (release_freed_memory): a 6,400-row run's footprint fell by a quarter at the same speed
+# (bench/README.md, "Arrow's allocator"). Arrow reads the variable when it loads, so it is set
+# for the job's workers as they start.
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+
+
+def worker_env() -> dict[str, str]:
+    """The environment variables the job's Ray workers start with (a `runtime_env`'s env_vars):
+    WORKER_ENV, less those the user set (theirs win, and Ray refuses a job's and a driver's
+    runtime_env that disagree)."""
+    return {name: value for name, value in WORKER_ENV.items() if name not in os.environ}
 
 
 class _ActorStage:

@@ -13,9 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def ray_session():
     import ray
 
+    from pipelines.adapter import worker_env
+
     if not ray.is_initialized():
         # Workers import the project (and tests' scripted engines) from the checkout.
         pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+        env = {**worker_env(), "PYTHONPATH": pythonpath}  # the job's workers' settings (jobs/runtime.py init_ray)
+        ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
