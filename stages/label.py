@@ -19,7 +19,7 @@ from stages.rows import DROP_REASON, DROPPED, KEPT
 
 class LabelStage(RowStage):
     name = "label"
-    num_cpus = 0.25  # the write stage's too, so that Ray Data runs the two as one task (see WriteStage)
+    num_cpus = 0.0  # the write stage's too, so that Ray Data runs the two as one task (see WriteStage)
 
     def __init__(self, fmt: JudgingFormat, rules: ConfigSection, batch_size: int = 64) -> None:
         self.fmt = fmt

@@ -69,12 +69,14 @@ class OutputConfig(ConfigSection):
 
 class WriteStage(Stage):
     name = "write"
-    # As the label stage's: Ray Data fuses consecutive map stages only when they ask for the same
-    # resources, and fused the label runs inside the write's task. Apart, the write is the plan's last
-    # operator, which Ray Data reserves CPUs for last: on a 4-CPU node it got none, waited a minute at a
-    # time while the judge's output piled up in the object store (bench/README.md, "What holds the
-    # object store"), and a 32,000-row run took 1.2-1.4x as long.
-    num_cpus = 0.25
+    # No CPU, as the label stage: Ray Data fuses consecutive map stages only when they ask for the same
+    # resources, and fused the label runs inside the write's task. Ray Data reserves the operators'
+    # CPUs upstream first, and the plan's last operator, this one, went without whenever the read,
+    # repartition, normalize, decode and judge held every CPU (a 4-CPU node): it wrote nothing for the
+    # first 100 s of a 32,000-row run while the judge's output piled up in the object store
+    # (bench/README.md, "The last operator's CPU"). Asking for none, it runs whenever a batch is
+    # ready, on the cores the OS shares.
+    num_cpus = 0.0
 
     def __init__(
         self, output_path: str, fmt: JudgingFormat, batch_size: int = 256, embed_media: MediaReader | None = None

@@ -103,6 +103,35 @@ def test_label_and_write_run_in_one_task_after_the_judge(tmp_path, ray_session, 
     assert operators[1].startswith("ActorPoolMapOperator[") and operators[1].endswith("(_ActorStage)]"), physical
 
 
+def test_the_label_and_write_task_runs_while_upstream_stages_hold_every_cpu(ray_session):
+    # Ray Data reserves CPUs for the plan's operators upstream first: with the read, repartition,
+    # normalize, decode and judge holding all of a 4-CPU node's, a label-and-write task that asked
+    # for a quarter of a CPU wrote nothing for the first 100 s of a 32,000-row run.
+    import time
+
+    import ray.data
+
+    from stages.label import LabelStage
+    from stages.write import WriteStage
+
+    def upstream(batch: dict) -> dict:
+        time.sleep(0.5)
+        batch["done_at"] = [time.time()] * len(batch["id"])
+        return batch
+
+    def sink(batch: dict) -> dict:
+        batch["written_at"] = [time.time()] * len(batch["id"])
+        return batch
+
+    assert LabelStage.num_cpus == WriteStage.num_cpus  # so that Ray Data fuses them (test above)
+    dataset = ray.data.from_items([{"id": i} for i in range(16)], override_num_blocks=16)
+    dataset = dataset.map_batches(upstream, batch_size=None, num_cpus=1)
+    dataset = dataset.map_batches(upstream, batch_size=None, num_cpus=3)  # with the first: all 4 CPUs
+    rows = dataset.map_batches(sink, batch_size=None, num_cpus=WriteStage.num_cpus).take_all()
+    upstream_done = sorted(row["done_at"] for row in rows)
+    assert min(row["written_at"] for row in rows) < upstream_done[len(rows) // 2]
+
+
 def test_a_small_read_starts_one_footer_reader_not_rays_32(tmp_path, ray_session, monkeypatch):
     # Ray Data's Parquet footer pool is 32 actors whatever the input: 32 processes for a handful of
     # shards, seconds of start-up and 3 GiB on a small machine, before the first row is decoded.
