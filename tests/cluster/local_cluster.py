@@ -55,10 +55,7 @@ class LocalCluster:
         # The job's entrypoint runs `python` from the raylet's PATH: put this venv first.
         self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                     "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-                    "RAY_AUTH_TOKEN_PATH": str(self.root / "auth_token"),
-                    # On SIGTERM Ray 2.60 drains a node for up to this long before it stops (30 s by
-                    # default: each teardown waited it out); a test cluster has nothing to drain.
-                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+                    "RAY_AUTH_TOKEN_PATH": str(self.root / "auth_token")}
         for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"):
             self.env.pop(name, None)
         # This interpreter, not the `ray` script, whose shebang may name another venv.
