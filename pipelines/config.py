@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
@@ -89,6 +89,13 @@ class RunConfig(ConfigSection):
         "blocks cost less per row; but Ray Data hands a judge replica whole blocks, and a block larger than "
         "judge.batch_size becomes a task of several batches run one after another: keep it a divisor of "
         "judge.batch_size.",
+    )
+    object_store_budget_mib: Annotated[int, Field(ge=64)] | Literal["auto", "ray"] = Field(
+        default="auto",
+        description="Object-store memory the run's plan may fill ahead of and inside the judge, MiB. auto: twice "
+        "what the judge replicas hold (replicas x batches in flight x batch size rows, at the decoded size of a few "
+        "sampled rows), at least 512; ray: Ray Data's own budget, half the object store, which the read-ahead fills "
+        "in a long run. Ray Data caps any budget at half the store.",
     )
     max_error_fraction: float = Field(
         default=0.05, ge=0, le=1, description="A run whose errors exceed this fraction of input rows fails."

@@ -41,6 +41,7 @@ from pipelines.report_html import write_report_html
 from pipelines.run_dir import RUN_IDENTITY, OutputExists, RunDirectory, is_finished, open_run_directory
 from pipelines.shard_ids import plan_resume, read_shard_ids
 from pipelines.shards import ShardSet, discover
+from pipelines.store_budget import StoreBudget, apply_budget, store_budget
 from stages.base import Stage
 from stages.decode import DecodeStage
 from stages.engines.api import Engine
@@ -175,9 +176,11 @@ def _run(
         if run_dir.resumed_batches:
             log.info("resuming: %d of %d shards have rows left; %d of their ids are already done",
                      len(resume.unfinished), len(shards.paths), len(resume.skip_ids))
+        budget = store_budget(cfg.object_store_budget_mib, build_stages(cfg, engine_factory, row_hash=ids.needs_row_hash),
+                              resume.unfinished, shards.filesystem, shards.schema, ids.needs_row_hash)
         stages = build_stages(cfg, engine_factory, skip_ids=resume.skip_ids, row_hash=ids.needs_row_hash)
         return _stream(cfg, shards, run_dir, stages, resume.unfinished, ids.needs_row_hash, started,
-                       len(duplicates), progress_bar)
+                       len(duplicates), budget, progress_bar)
     except Exception as exc:  # the run started: what it committed stays, a rerun resumes from there
         log.exception("the run stopped before finishing")
         raise RunInterrupted(
@@ -195,6 +198,7 @@ def _stream(
     row_hash: bool,
     started: float,
     duplicates: int,
+    budget: StoreBudget,
     progress_bar: TextIO | None,
 ) -> RunResult:
     """Stream the plan over the shards with rows left (the write stage commits batch by batch), then
@@ -205,6 +209,7 @@ def _stream(
             dataset = read_rows(unfinished, shards.filesystem, cfg.decode_batch_size, shards.schema, row_hash=row_hash)
             for stage in stages:
                 dataset = apply_stage(dataset, stage, metrics, ledger)
+            apply_budget(dataset, budget)
             progress = ProgressLog(shards.rows - len(run_dir.committed_ids), metrics, bar=progress_bar)
             with PoolWatch(ledger, cfg.judge.replica_down_timeout_s).watching():
                 for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -231,6 +236,7 @@ def _stream(
     report["judge"].update(pool)
     report["resumed"] = {"committed_batches": run_dir.resumed_batches, "committed_rows": len(run_dir.committed_ids)}
     report["duplicate_ids"] = duplicates
+    report["object_store_budget"] = budget.as_report()
     write_report(run_dir.filesystem, f"{run_dir.root}/report.json", report)
     try:
         write_report_html(run_dir.filesystem, run_dir.root, report, cfg, media_reader(cfg))

@@ -51,8 +51,8 @@ def run_identity(cfg: RunConfig, shard_paths: list[str]) -> dict[str, Any]:
 
     Left out: how the attempt was asked for (overwrite, skip_bad_shards), how shards were selected
     (the incremental section; the shards themselves are in), the error budget, which only judges
-    the finished whole (a run that failed its budget can be finished with a higher one), and the
-    block size read from the shards, which only sets how rows travel.
+    the finished whole (a run that failed its budget can be finished with a higher one), and what
+    only sets how rows travel: the block size read from the shards and the object-store budget.
     """
     return {"config": _outcome_settings(cfg.model_dump(mode="json")), "shards": sorted(shard_paths)}
 
@@ -63,7 +63,7 @@ def _outcome_settings(config: dict[str, Any]) -> dict[str, Any]:
     recorded with it (`decode_batch_size`, whose default changed)."""
     config.get("output", {}).pop("overwrite", None)
     config.get("input", {}).pop("skip_bad_shards", None)
-    for name in ("incremental", "max_error_fraction", "decode_batch_size"):
+    for name in ("incremental", "max_error_fraction", "decode_batch_size", "object_store_budget_mib"):
         config.pop(name, None)
     return config
 

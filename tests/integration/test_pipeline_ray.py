@@ -215,6 +215,34 @@ def test_a_task_hands_the_arrow_memory_it_freed_back_before_its_worker_idles():
     assert holding - private_mib() > 150
 
 
+@pytest.mark.parametrize("user_limit, expected", [(None, 600 * 2**20), (100 * 2**20, 100 * 2**20)])
+def test_the_plan_executes_under_the_budget_unless_the_user_set_a_lower_limit(ray_session, user_limit, expected):
+    import ray.data
+
+    from pipelines.store_budget import StoreBudget, apply_budget
+
+    dataset = ray.data.from_items([{"x": 1}]).map_batches(lambda batch: batch)
+    if user_limit is not None:
+        options = dataset.context.execution_options
+        options.resource_limits = options.resource_limits.copy(object_store_memory=user_limit)
+    apply_budget(dataset, StoreBudget(600 * 2**20, "derived"))
+    executor = dataset._create_executor()  # what the streaming executor plans with
+    assert executor._options.resource_limits.object_store_memory == expected
+    assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory == float("inf")
+
+
+def test_a_run_reports_the_object_store_budget_it_derived(tmp_path, ray_session):
+    from pipelines.store_budget import MIN_BUDGET_BYTES
+
+    write_demo_shards(tmp_path / "input", 12, shards=2)
+    cfg = config(tmp_path, **{"judge.batch_size": 4, "judge.batches_in_flight": 2})
+    result = run_curation(cfg, engine_factory=simulated_engine)
+    assert result.succeeded, result.report
+    budget = result.report["object_store_budget"]
+    assert budget["source"] == "derived" and budget["bytes"] == MIN_BUDGET_BYTES  # 8 held rows of the demo's media
+    assert budget["judge_held_rows"] == 8 and budget["sampled_rows"] == 12 and budget["decoded_bytes_per_row"] > 0
+
+
 def test_shard_with_a_conflicting_type_is_skipped_and_listed_in_the_report(tmp_path, ray_session):
     write_demo_shards(tmp_path / "input", 8, shards=1)
     rows = {"id": ["x-0"], "question": ["q"], "response_a": ["a"], "response_b": ["b"], "kind": [7.5]}  # float: no type holds it and text

@@ -46,6 +46,8 @@ def test_overrides_are_typed_from_yaml(tmp_path):
         ("judge.replicaz=2", "judge.replicaz"),
         ("media.image_min_pixels=999999999", "media"),
         ("input.columns={prompt: question}", "input.columns"),
+        ("object_store_budget_mib=16", "object_store_budget_mib"),
+        ("object_store_budget_mib=all", "object_store_budget_mib"),
     ],
 )
 def test_invalid_config_names_the_field(override, field):

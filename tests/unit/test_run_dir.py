@@ -23,6 +23,12 @@ def test_a_new_block_size_resumes_the_run_even_one_an_earlier_version_recorded(t
     open_run_directory(config(tmp_path), SHARDS)
 
 
+def test_a_run_started_under_another_object_store_budget_resumes(tmp_path):
+    open_run_directory(config(tmp_path, "object_store_budget_mib=1024"), SHARDS)
+    open_run_directory(config(tmp_path, "object_store_budget_mib=ray"), SHARDS)  # no OutputExists
+    open_run_directory(config(tmp_path), SHARDS)
+
+
 def test_a_setting_that_decides_outcomes_is_refused(tmp_path):
     open_run_directory(config(tmp_path), SHARDS)
     with pytest.raises(OutputExists, match="different config"):
