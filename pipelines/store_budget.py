@@ -62,10 +62,12 @@ def derived_budget(held_rows: int, decoded_bytes_per_row: float) -> int:
 
 
 def sample_rows(paths: list[str], filesystem: Any, schema: pa.Schema | None, row_hash: bool) -> pa.Table:
-    """The first SAMPLE_ROWS_PER_SHARD rows of each of the first SAMPLE_SHARDS shards, read as the
+    """The first SAMPLE_ROWS_PER_SHARD rows of SAMPLE_SHARDS shards spread over `paths` (the first,
+    the last and evenly between: inputs are often sorted, by source or by media kind), read as the
     run reads them (cast to the run's schema; with `row_hash`, a placeholder hash column)."""
     parts = []
-    for path in paths[:SAMPLE_SHARDS]:
+    picked = sorted({round(i * (len(paths) - 1) / max(1, SAMPLE_SHARDS - 1)) for i in range(SAMPLE_SHARDS)})
+    for path in [paths[i] for i in picked] if paths else []:
         with filesystem.open_input_file(path) as handle:
             batch = next(pq.ParquetFile(handle).iter_batches(batch_size=SAMPLE_ROWS_PER_SHARD), None)
         if batch is None:

@@ -82,3 +82,12 @@ def test_a_sample_that_cannot_be_read_leaves_ray_datas_budget_and_says_so(tmp_pa
         budget = store_budget("auto", build_stages(cfg), shards.paths, shards.filesystem, shards.schema, False)
     assert budget.bytes is None and budget.source == "ray"
     assert "could not sample the shards" in caplog.text
+
+
+def test_the_sample_reaches_the_last_shards_of_an_input_sorted_by_media_size(tmp_path):
+    (tmp_path / "input").mkdir()
+    for index in range(9):  # eight shards of thumbnails, then one of large images
+        image_shard(tmp_path / "input" / f"part-{index}.parquet", 4, 900 if index == 8 else 32)
+    budget = budget_for(config(tmp_path, "media.image_max_pixels=1000000"))
+    assert budget.sampled_rows == 4 * 4
+    assert budget.decoded_bytes_per_row > 800 * 800 * 3 / 4  # one sampled shard in four is large
