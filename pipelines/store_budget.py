@@ -8,8 +8,8 @@ run held 1.1 GiB there against 0.35 GiB for 6,400 rows, and its summed memory wa
 replicas' working set is what the store must hold for them to stay fed: replicas x batches in
 flight x batch size decoded rows. A decoded row's size depends on the data (the media bounds cap
 it at megabytes; typical rows are far smaller), so it is measured before the run on a few rows of
-the first shards, decoded in the driver by the run's own stages. (bench/README.md, "Ray Data's
-object-store budget".)
+shards spread over the input, decoded in the driver by the run's own stages. (bench/README.md,
+"Ray Data's object-store budget".)
 """
 from __future__ import annotations
 
