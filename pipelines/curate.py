@@ -178,6 +178,7 @@ def _run(
                      len(resume.unfinished), len(shards.paths), len(resume.skip_ids))
         budget = store_budget(cfg.object_store_budget_mib, build_stages(cfg, engine_factory, row_hash=ids.needs_row_hash),
                               resume.unfinished, shards.filesystem, shards.schema, ids.needs_row_hash)
+        log.info(budget.describe())
         stages = build_stages(cfg, engine_factory, skip_ids=resume.skip_ids, row_hash=ids.needs_row_hash)
         return _stream(cfg, shards, run_dir, stages, resume.unfinished, ids.needs_row_hash, started,
                        len(duplicates), budget, progress_bar)

@@ -50,6 +50,16 @@ class StoreBudget:
     def as_report(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """One log line: the budget and where it came from."""
+        if self.bytes is None:
+            return "object-store budget: Ray Data's own (half the object store)"
+        if self.source == "set":
+            return f"object-store budget: {self.bytes / 2**20:.0f} MiB (object_store_budget_mib)"
+        return (f"object-store budget: {self.bytes / 2**20:.0f} MiB: {HEADROOM:g} x {self.judge_held_rows} rows the judge "
+                f"replicas hold x {self.decoded_bytes_per_row / 2**10:.0f} KiB a decoded row ({self.sampled_rows} sampled), "
+                f"at least {MIN_BUDGET_BYTES / 2**20:.0f} MiB")
+
 
 def judge_held_rows(judge: JudgeStage) -> int:
     """Rows the judge replicas hold at once: replicas x batches in flight x batch size."""

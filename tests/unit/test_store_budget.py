@@ -64,6 +64,7 @@ def test_larger_media_get_a_larger_budget_measured_from_the_shards(tmp_path):
     assert large.bytes == pytest.approx(2 * large.judge_held_rows * large.decoded_bytes_per_row)
     assert large.bytes > MIN_BUDGET_BYTES
     assert small.bytes == MIN_BUDGET_BYTES
+    assert large.describe().startswith(f"object-store budget: {large.bytes / 2**20:.0f} MiB: 2 x 1024 rows")
 
 
 def test_a_set_budget_or_rays_own_is_taken_as_given(tmp_path):
