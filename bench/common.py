@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from jobs import demo_media as media
 from jobs.demo import DEMO_CONFIG, QUESTIONS, SCHEMA, demo_rows
-from jobs.runtime import embedded_ray_cpus
+from jobs.runtime import RAY_SYSTEM_CONFIG, embedded_ray_cpus
 from pipelines.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,7 @@ def ray_session(num_cpus: int | None = None, num_gpus: int | None = None) -> Ite
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": {**worker_env(), "PYTHONPATH": pythonpath}},
+        _system_config=RAY_SYSTEM_CONFIG,
     )
     init_s = time.perf_counter() - started
     import ray.data  # noqa: F401 - its logging set-up runs at import; quieten it after that

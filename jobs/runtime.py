@@ -120,6 +120,15 @@ def resolve_model(cfg: RunConfig, *, build: bool = True) -> None:
     cfg.judge.engine.model = str(build_tiny_omni() if build else default_tiny_model_dir())
 
 
+# Ray's raylet kills a task worker idle for a second while the node runs more worker processes than
+# it has CPUs, and starts a fresh one (Python and the stages' imports, 1.3 s of CPU) for the next
+# task. Counting the judge's and the run's own actors, a node is over that whenever its decode tasks
+# wait on the judge: a 64,000-row scale run started 115 worker processes, and kept for a minute
+# its idle workers ran it 1.39x faster (bench/README.md, "Idle workers"). The embedded Ray takes it
+# as system config; cluster.yaml and the KubeRay manifests set it for `ray start` (RAY_<name>).
+RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
+
+
 def embedded_ray_cpus() -> int:
     """Logical CPUs of an embedded local Ray: at least 4, so on a 2-core machine the decode tasks
     and the judge actor do not starve each other of scheduling slots (CPU-ENGINE.md); the OS
@@ -165,7 +174,8 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -
             reached = True
             ray.init(address=address, log_to_driver=verbose, runtime_env=workers, **quiet)
             return
-        ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=verbose, runtime_env=workers, **quiet)
+        ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=verbose, runtime_env=workers,
+                 _system_config=RAY_SYSTEM_CONFIG, **quiet)
     except Exception as exc:
         raise cluster_unavailable(exc, address, reached) from exc
     log.info("started an embedded local Ray with %d logical CPUs", logical)

@@ -13,12 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def ray_session():
     import ray
 
+    from jobs.runtime import RAY_SYSTEM_CONFIG
     from pipelines.adapter import worker_env
 
     if not ray.is_initialized():
         # Workers import the project (and tests' scripted engines) from the checkout.
         pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         env = {**worker_env(), "PYTHONPATH": pythonpath}  # the job's workers' settings (jobs/runtime.py init_ray)
-        ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
+        ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, _system_config=RAY_SYSTEM_CONFIG)
     yield ray
     ray.shutdown()

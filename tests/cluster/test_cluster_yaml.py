@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
+from jobs.runtime import RAY_SYSTEM_CONFIG
 from tests.cluster.helpers import REPO, pinned_ray_version
 
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -46,3 +47,12 @@ def test_setup_installs_the_gpu_extra_and_matching_ray(cluster):
     commands = " ".join(cluster["setup_commands"])
     assert "flexcurate[gpu]" in commands
     assert f"ray[default]=={pinned_ray_version()}" in commands, "cluster Ray must match the project's pinned Ray"
+
+
+def test_every_ray_start_takes_the_embedded_rays_system_config(cluster):
+    starts = [command for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for command in cluster[key] if "ray start" in command]
+    assert len(starts) == 2
+    for command in starts:
+        for setting, value in RAY_SYSTEM_CONFIG.items():
+            assert f"RAY_{setting}={value} ray start" in command, command

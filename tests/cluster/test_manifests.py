@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from jobs.cli import build_parser
+from jobs.runtime import RAY_SYSTEM_CONFIG
 from jobs.submit import build_entrypoint
 from tests.cluster.helpers import REPO, pinned_ray_version, submit_parser
 
@@ -62,6 +63,16 @@ def test_kuberay_manifest_shape(name, kind):
     if kind == "RayCronJob":
         fields = doc["spec"]["schedule"].split()
         assert len(fields) == 5
+
+
+@pytest.mark.parametrize("name", ["rayjob.yaml", "raycronjob.yaml"])
+def test_every_ray_node_starts_with_the_embedded_rays_system_config(name):
+    cluster = job_spec(name)["rayClusterSpec"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        env = {item["name"]: item["value"] for item in group["template"]["spec"]["containers"][0]["env"]}
+        for setting, value in RAY_SYSTEM_CONFIG.items():
+            assert env.get(f"RAY_{setting}") == str(value), (group.get("groupName", "head"), setting)
 
 
 def test_cron_template_is_the_rayjob():

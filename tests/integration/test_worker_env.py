@@ -1,4 +1,5 @@
-"""The job's Ray workers start with the pipeline's settings (pipelines/adapter.py WORKER_ENV)."""
+"""The job's Ray workers start with the pipeline's settings (pipelines/adapter.py WORKER_ENV), and an
+embedded Ray keeps them between tasks (jobs/runtime.py RAY_SYSTEM_CONFIG)."""
 from __future__ import annotations
 
 import os
@@ -35,3 +36,35 @@ def test_workers_allocate_arrow_memory_from_the_c_heap_unless_the_user_chose_a_p
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == workers_pool
+
+
+# A node whose CPUs are all taken (here by an actor, in a run by the judge and the decode tasks):
+# Ray's default kills a task worker idle for a second, and the next task starts a new process.
+IDLE_WORKER = """
+import os
+import time
+
+import ray
+
+from jobs.runtime import init_ray
+
+init_ray(None, 1)
+busy = ray.remote(num_cpus=1)(type("Busy", (), {"ping": lambda self: os.getpid()})).remote()
+ray.get(busy.ping.remote())
+worker = ray.get(ray.remote(num_cpus=0)(lambda: os.getpid()).remote())
+time.sleep(4)
+try:
+    os.kill(worker, 0)
+    print("kept")
+except ProcessLookupError:
+    print("killed")
+"""
+
+
+def test_an_idle_task_worker_is_kept_for_the_next_task_while_the_cpus_are_taken():
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-c", IDLE_WORKER], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "kept"
