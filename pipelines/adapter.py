@@ -64,7 +64,13 @@ def release_freed_memory() -> None:
 # (release_freed_memory): a 6,400-row run's footprint fell by a quarter at the same speed
 # (bench/README.md, "Arrow's allocator"). Arrow reads the variable when it loads, so it is set
 # for the job's workers as they start.
-WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+#
+# glibc gives the threads that allocate arenas of their own, up to 8 per core, and a page of an
+# arena with one live chunk left stays resident through malloc_trim: a task worker kept a minute
+# between tasks (jobs/runtime.py RAY_SYSTEM_CONFIG) grew to 300-354 MiB private, 157 MiB of it in
+# 86 arena mappings. Two arenas: a 64,000-row run's footprint 2,502 against 3,233 MiB, its second
+# half 1.01 of its first (1.06), in the same wall time (bench/README.md, "Allocator arenas").
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2"}
 
 
 def worker_env() -> dict[str, str]:
