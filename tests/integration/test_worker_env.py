@@ -14,7 +14,7 @@ POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 ARENA_VARIABLE = "MALLOC_ARENA_MAX"
 
 
-def last_line_of_job(script: str, users_env: dict[str, str | None]) -> str:
+def last_word_of_job(script: str, users_env: dict[str, str | None]) -> str:
     """Runs `script` as a job's own process with the user's environment changed as `users_env` says
     (None unsets a variable), and gives back the last word it printed."""
     env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
@@ -45,7 +45,7 @@ print(ray.get(ray.remote(lambda: pa.default_memory_pool().backend_name).remote()
 @pytest.mark.parametrize("users_pool, workers_pool", [(None, "system"), ("jemalloc", "jemalloc")])
 def test_workers_allocate_arrow_memory_from_the_c_heap_unless_the_user_chose_a_pool(users_pool, workers_pool):
     # mimalloc, the wheels' default, kept 110-230 MiB of freed buffers in each idle worker.
-    assert last_line_of_job(WORKER_POOL, {POOL_VARIABLE: users_pool}) == workers_pool
+    assert last_word_of_job(WORKER_POOL, {POOL_VARIABLE: users_pool}) == workers_pool
 
 
 # A worker's threads allocating at once (ctypes lets go of the GIL), then the arenas glibc made
@@ -96,7 +96,7 @@ print(ray.get(ray.remote(arenas_after_threads_allocate).remote()))
 def test_workers_threads_share_two_malloc_arenas_unless_the_user_chose_a_number(users_arenas, workers_arenas):
     # With glibc's default (8 per core) a kept task worker grew 300-354 MiB private, half of it in
     # its threads' arenas.
-    assert int(last_line_of_job(WORKER_ARENAS, {ARENA_VARIABLE: users_arenas})) == workers_arenas
+    assert int(last_word_of_job(WORKER_ARENAS, {ARENA_VARIABLE: users_arenas})) == workers_arenas
 
 
 # A node whose CPUs are all taken (here by an actor, in a run by the judge and the decode tasks):
@@ -123,4 +123,4 @@ except ProcessLookupError:
 
 
 def test_an_idle_task_worker_is_kept_for_the_next_task_while_the_cpus_are_taken():
-    assert last_line_of_job(IDLE_WORKER, {}) == "kept"
+    assert last_word_of_job(IDLE_WORKER, {}) == "kept"
