@@ -53,7 +53,7 @@ def ray_session(num_cpus: int | None = None, num_gpus: int | None = None) -> Ite
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": {**worker_env(), "PYTHONPATH": pythonpath}},
-        _system_config=RAY_SYSTEM_CONFIG,
+        _system_config=dict(RAY_SYSTEM_CONFIG),
     )
     init_s = time.perf_counter() - started
     import ray.data  # noqa: F401 - its logging set-up runs at import; quieten it after that

@@ -14,6 +14,7 @@ import socket
 import sys
 from enum import IntEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, RunConfig, load_config
@@ -126,7 +127,15 @@ def resolve_model(cfg: RunConfig, *, build: bool = True) -> None:
 # wait on the judge: a 64,000-row scale run started 115 worker processes, and kept for a minute
 # its idle workers ran it 1.39x faster (bench/README.md, "Idle workers"). The embedded Ray takes it
 # as system config; cluster.yaml and the KubeRay manifests set it for `ray start` (RAY_<name>).
-RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
+# The GCS keeps the last 100,000 task attempts' events by default, about 3 KiB each, for the
+# dashboard and the state API, which flexcurate does not read: a run schedules about 0.3 task
+# attempts a row, so a night over 320k rows would hold some 300 MiB there. Capped at 10,000 the
+# GCS held 86 MiB against 116 MiB at 64,000 rows and is flat from there (bench/README.md,
+# "Task events in the GCS"); Ray drops finished tasks' events first.
+# Read-only: ray.init adds the session's spill directory to the dict it is given, which a second
+# init in the same process would then inherit. Pass ray.init a copy.
+RAY_SYSTEM_CONFIG = MappingProxyType({"idle_worker_killing_time_threshold_ms": 60_000,
+                                      "task_events_max_num_task_in_gcs": 10_000})
 
 
 def embedded_ray_cpus() -> int:
@@ -175,7 +184,7 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -
             ray.init(address=address, log_to_driver=verbose, runtime_env=workers, **quiet)
             return
         ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=verbose, runtime_env=workers,
-                 _system_config=RAY_SYSTEM_CONFIG, **quiet)
+                 _system_config=dict(RAY_SYSTEM_CONFIG), **quiet)
     except Exception as exc:
         raise cluster_unavailable(exc, address, reached) from exc
     log.info("started an embedded local Ray with %d logical CPUs", logical)

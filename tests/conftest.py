@@ -20,6 +20,6 @@ def ray_session():
         # Workers import the project (and tests' scripted engines) from the checkout.
         pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         env = {**worker_env(), "PYTHONPATH": pythonpath}  # the job's workers' settings (jobs/runtime.py init_ray)
-        ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, _system_config=RAY_SYSTEM_CONFIG)
+        ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, _system_config=dict(RAY_SYSTEM_CONFIG))
     yield ray
     ray.shutdown()

@@ -53,6 +53,9 @@ def test_every_ray_start_takes_the_embedded_rays_system_config(cluster):
     starts = [command for key in ("head_start_ray_commands", "worker_start_ray_commands")
               for command in cluster[key] if "ray start" in command]
     assert len(starts) == 2
+    expected = {f"RAY_{setting}": str(value) for setting, value in RAY_SYSTEM_CONFIG.items()}
     for command in starts:
-        for setting, value in RAY_SYSTEM_CONFIG.items():
-            assert f"RAY_{setting}={value} ray start" in command, command
+        # The assignments that prefix `ray start`, in the shell's `A=1 B=2 ray start` form.
+        prefix = command.split("ray start")[0].split(";")[-1].split()
+        assignments = dict(word.split("=", 1) for word in prefix)
+        assert {name: assignments.get(name) for name in expected} == expected, command
