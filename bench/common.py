@@ -11,6 +11,8 @@ import logging
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -32,6 +34,22 @@ KINDS = ("image", "audio", "video", "image+audio")
 # --------------------------------------------------------------------------- Ray and config
 
 
+def checkout_pythonpath() -> str:
+    """PYTHONPATH that puts this checkout first, for processes the benchmarks start."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
+def run_module(module: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
+    """`python -m module args` in a fresh process importing this checkout, its output in `log`;
+    raises, naming the log, when it fails."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": checkout_pythonpath()}
+    with open(log, "w") as out:
+        code = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                              stdout=out, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"python -m {module} failed (exit {code}); see {log}")
+
+
 @contextmanager
 def ray_session(num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[float]:
     """A fresh embedded Ray whose workers import this checkout and start as the job's do
@@ -45,14 +63,13 @@ def ray_session(num_cpus: int | None = None, num_gpus: int | None = None) -> Ite
 
     from pipelines.adapter import worker_env
 
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     started = time.perf_counter()
     ray.init(
         num_cpus=num_cpus or embedded_ray_cpus(),
         num_gpus=num_gpus,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {**worker_env(), "PYTHONPATH": pythonpath}},
+        runtime_env={"env_vars": {**worker_env(), "PYTHONPATH": checkout_pythonpath()}},
         _system_config=dict(RAY_SYSTEM_CONFIG),
     )
     init_s = time.perf_counter() - started

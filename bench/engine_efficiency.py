@@ -24,10 +24,8 @@ Prefix cache: every pipeline run reports the prompt tokens vLLM served from its 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import Future
@@ -37,7 +35,6 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from bench.common import (
-    ROOT,
     bench_config,
     bench_settings,
     config_sets,
@@ -45,6 +42,7 @@ from bench.common import (
     median,
     parse_variants,
     ray_session,
+    run_module,
     write_shards,
 )
 from bench.engines import MeteredFactory, read_stats
@@ -116,15 +114,10 @@ def run_raw(cfg: RunConfig, requests_file: Path, work: Path) -> dict[str, Any]:
     }
     (work / "spec.json").write_text(json.dumps(spec))
     threads = str(spec["threads"])
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     started = time.time()
-    with open(work / "raw.log", "w") as log:
-        code = subprocess.run([sys.executable, "-m", "bench.engine_efficiency", "--raw", str(work)],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    run_module("bench.engine_efficiency", ["--raw", str(work)], work / "raw.log",
+               env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
     total = time.time() - started
-    if code != 0:
-        raise RuntimeError(f"raw baseline failed (exit {code}); see {work / 'raw.log'}")
     result = json.loads((work / "result.json").read_text())
     result["cold_total_s"] = total
     return result

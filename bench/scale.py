@@ -1,6 +1,10 @@
 """4. Scale: wall time and peak memory at 1x, 10x, 100x (and, in the full run, 1000x) rows,
 simulated engine.
 
+Each size runs in a process of its own, as a job's driver does: run in the bench process, a point's
+driver would also hold what the sections and sizes before it left (in a quick run about 700 MiB
+from the engine section alone).
+
 Input: the demo's mixed rows (text, image, audio, video, image+audio, a few broken ones), tiled
 with fresh ids, in shards of 64 rows. The engine answers at once (no simulated latency), so the
 run is as CPU-bound as the plan allows. Each size runs on a fresh embedded Ray while a sampler
@@ -18,12 +22,22 @@ holds no more memory is what a 10M-row night needs.
 """
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import MemorySampler, bench_config, gpus_for, ray_session, tiled_demo_rows, write_shards
+from bench.common import (
+    MemorySampler,
+    bench_config,
+    gpus_for,
+    ray_session,
+    run_module,
+    tiled_demo_rows,
+    write_shards,
+)
 from bench.engines import SimFactory
 from stages.engines.simulated import LatencyModel
 
@@ -49,6 +63,13 @@ def run_size(rows: int, work: Path, overrides: list[str]) -> dict[str, Any]:
             "memory_timeline_mib": memory.timeline_mib(), **memory.peaks_mib()}
 
 
+def run_size_in_fresh_process(rows: int, work: Path, overrides: list[str]) -> dict[str, Any]:
+    """`run_size` in a new process (`python -m bench.scale --point`), its figures read back."""
+    work.mkdir(parents=True, exist_ok=True)
+    run_module("bench.scale", ["--point", str(rows), str(work), json.dumps(overrides)], work / "point.log")
+    return json.loads((work / "point.json").read_text())
+
+
 def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
     """Least-squares wall_s = fixed + per_row * rows."""
     n = len(points)
@@ -61,7 +82,7 @@ def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
 def run(args: Any, work: Path) -> dict[str, Any]:
     points = []
     for factor in args.scale_factors:
-        point = run_size(args.scale_base * factor, work / f"x{factor}", list(args.overrides))
+        point = run_size_in_fresh_process(args.scale_base * factor, work / f"x{factor}", list(args.overrides))
         point["factor"] = factor
         points.append(point)
         shutil.rmtree(work / f"x{factor}", ignore_errors=True)  # its input shards (1000x: gigabytes)
@@ -98,3 +119,12 @@ def run(args: Any, work: Path) -> dict[str, Any]:
         section["marginal_ms_per_row_100x_1000x"] = (1000 * (thousand["wall_s"] - hundred["wall_s"])
                                                      / (thousand["rows"] - hundred["rows"]))
     return section
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--point":
+        point_work = Path(sys.argv[3])
+        figures = run_size(int(sys.argv[2]), point_work, json.loads(sys.argv[4]))
+        (point_work / "point.json").write_text(json.dumps(figures))
+    else:
+        sys.exit("usage: python -m bench.scale --point ROWS WORKDIR OVERRIDES_JSON  (started by python -m bench)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,15 @@ def test_a_mistyped_bench_setting_is_refused_before_anything_runs(tmp_path, caps
     assert main(["--tiny", "--out", str(tmp_path), "--variant", "x:bench.prerender=true"]) == 2
     assert "unknown bench setting 'bench.prerender=true'" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+def test_a_benchmark_process_that_fails_names_its_log(tmp_path):
+    from bench.common import run_module
+
+    log = tmp_path / "point.log"
+    with pytest.raises(RuntimeError, match=re.escape(f"python -m bench.scale failed (exit 1); see {log}")):
+        run_module("bench.scale", ["--point"], log)
+    assert "usage: python -m bench.scale --point ROWS WORKDIR OVERRIDES_JSON" in log.read_text()
 
 
 @pytest.mark.e2e
