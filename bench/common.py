@@ -22,21 +22,16 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.paths import ROOT, checkout_pythonpath
 from jobs import demo_media as media
 from jobs.demo import DEMO_CONFIG, QUESTIONS, SCHEMA, demo_rows
 from jobs.runtime import RAY_SYSTEM_CONFIG, embedded_ray_cpus
 from pipelines.config import RunConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("image", "audio", "video", "image+audio")
 
 
 # --------------------------------------------------------------------------- Ray and config
-
-
-def checkout_pythonpath() -> str:
-    """PYTHONPATH that puts this checkout first, for processes the benchmarks start."""
-    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
 def run_module(module: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:

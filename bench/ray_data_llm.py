@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+from bench.paths import checkout_pythonpath
 from stages.engines.api import JudgeRequest
 from stages.engines.torchvision_compat import ensure_torchvision_importable
 from stages.engines.vllm_engine import prepare_cpu_core_process, prepare_cpu_engine, to_vllm_prompt
@@ -46,7 +47,6 @@ from stages.engines.vllm_engine import prepare_cpu_core_process, prepare_cpu_eng
 ensure_torchvision_importable()
 from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineStageUDF  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 32
 MAX_CONCURRENT_BATCHES = 8
 
@@ -151,7 +151,7 @@ def run_peer(requests: list[JudgeRequest], engine_kwargs: dict[str, Any], sampli
         log_engine_metrics=False,
         placement_group_config={"bundles": [{"CPU": 1}]} if on_cpu else None,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                                  "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}},
+                                  "PYTHONPATH": checkout_pythonpath()}},
     )
     processor = build_processor(config)
     stats_dir.mkdir(parents=True, exist_ok=True)
