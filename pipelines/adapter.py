@@ -21,6 +21,7 @@ import ray
 from ray.data import ActorPoolStrategy, Dataset
 
 from pipelines.quarantine import ReplicaCrash, SharedExclusiveLock, beat
+from pipelines.shards import DirectoryColumns
 from stages.base import Settlement, Stage
 from stages.rows import ERROR_STAGE
 
@@ -136,12 +137,18 @@ class _ActorStage:
 
 
 def read_rows(
-    paths: list[str], filesystem: Any, rows_per_block: int, schema: pa.Schema | None = None, row_hash: bool = False
+    paths: list[str],
+    filesystem: Any,
+    rows_per_block: int,
+    schema: pa.Schema | None = None,
+    row_hash: bool = False,
+    directories: DirectoryColumns | None = None,
 ) -> Dataset:
     """The shards' rows as blocks of at most `rows_per_block` rows, every shard cast to `schema`
     (pipelines/shards.py `read_schema`: one schema for shards from different writers); with
     `row_hash`, each row's `row_hash`: a hash of its shard's path and its position there, for rows
-    without an id.
+    without an id; with `directories` (`ShardSet.directories`), the columns their key=value
+    directories give them, and without it none (Ray Data's default reads every such directory).
 
     Ray Data packs row groups into read tasks (READ_UNIT_BYTES each by the footers' sizes) with one
     output block each; with media columns that is hundreds of rows, and a map stage runs one task
@@ -151,7 +158,10 @@ def read_rows(
     """
     settings = {FOOTER_READERS_VARIABLE: str(footer_readers_for(len(paths))), READ_UNIT_VARIABLE: str(READ_UNIT_BYTES)}
     with _ray_data_settings(settings):
-        dataset = ray.data.read_parquet(paths, filesystem=filesystem, schema=schema, include_row_hash=row_hash)
+        dataset = ray.data.read_parquet(paths, filesystem=filesystem, schema=schema, include_row_hash=row_hash,
+                                        partitioning=directories.partitioning if directories else None)
+    if directories is not None:  # fused into the read tasks
+        dataset = dataset.map_batches(directories.restore_nulls, batch_format="pyarrow", batch_size=None)
     return dataset.repartition(target_num_rows_per_block=rows_per_block)
 
 

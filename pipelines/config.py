@@ -44,6 +44,12 @@ class InputConfig(MediaSourceConfig, NormalizeConfig):  # fields: the last base'
     skip_bad_shards: bool = Field(
         default=False, description="List and skip unreadable or mis-shaped shards instead of failing."
     )
+    directory_columns: bool = Field(
+        default=True,
+        description="Read key=value directories below the inputs (Spark's and Hive's partitionBy layout, e.g. "
+        "source=web/part-0.parquet) as string columns of the rows under them, as Spark does. A key that a "
+        "shard also holds as a column is read from no directory: the shards' own values are kept (logged).",
+    )
 
 
 # The `filter` section: every judging format's label rules side by side (each field documented by

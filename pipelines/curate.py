@@ -207,7 +207,8 @@ def _stream(
     metrics, ledger = start_metrics(), start_ledger()
     try:
         if unfinished:
-            dataset = read_rows(unfinished, shards.filesystem, cfg.decode_batch_size, shards.schema, row_hash=row_hash)
+            dataset = read_rows(unfinished, shards.filesystem, cfg.decode_batch_size, shards.schema, row_hash=row_hash,
+                                directories=shards.directories)
             for stage in stages:
                 dataset = apply_stage(dataset, stage, metrics, ledger)
             apply_budget(dataset, budget)

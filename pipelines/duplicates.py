@@ -36,6 +36,11 @@ def settle_duplicates(cfg: RunConfig, shards: ShardSet, duplicates: dict[str, in
     schema = shards.schema
     for path in shards.paths:
         table = pq.read_table(path, filesystem=shards.filesystem, schema=schema)
+        if shards.directories is not None:  # as the distributed read adds them
+            for key, value in shards.directories.values(path).items():
+                column = pa.array([value] * table.num_rows, pa.string())
+                index = table.schema.get_field_index(key)  # in the read schema when another shard holds it
+                table = table.set_column(index, key, column) if index >= 0 else table.append_column(key, column)
         if id_column not in table.column_names:
             continue
         rows = table.filter(pc.fill_null(pc.is_in(given_ids(table.column(id_column)), value_set=wanted), False))

@@ -9,20 +9,30 @@ Shards come from many writers (`datasets`, polars, DuckDB, pandas, Spark) that s
 type differently: large or view strings and binaries, dictionary-encoded strings, non-nullable
 fields, a media struct whose `path` is typed `null`, int ids beside string ids. Checks compare
 logical types (`logical_type`), and the shards are read as one schema (`read_schema`) that every
-shard casts to, so a directory mixing writers runs as one input.
+shard casts to, so a directory mixing writers runs as one input. Spark and Hive write partitions as
+key=value directories (source=web/part-0.parquet) whose key is in no file: below the inputs those
+become string columns (`directory_columns`), as Spark reads them back.
 """
 from __future__ import annotations
 
 import fnmatch
+import logging
+import posixpath
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
+from ray.data.datasource.partitioning import Partitioning, PathPartitionParser
 
 from pipelines.config import InputConfig
 from stages.formats.base import JudgingFormat
 from stages.storage.files import filesystem_for
+
+log = logging.getLogger(__name__)
+
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # Spark's and Hive's directory name for a null key
 
 _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
 
@@ -37,6 +47,7 @@ class ShardSet:
     row_counts: dict[str, int]  # path -> rows, from the Parquet footers
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why
     schemas: dict[str, pa.Schema] = field(default_factory=dict)  # path -> its footer's schema
+    directories: DirectoryColumns | None = None  # key=value directories read as columns (`directory_columns`)
 
     @property
     def paths(self) -> list[str]:
@@ -57,6 +68,7 @@ class ShardSet:
             {p: self.row_counts[p] for p in paths},
             self.skipped,
             {p: self.schemas[p] for p in paths if p in self.schemas},
+            self.directories,
         )
 
 
@@ -72,21 +84,81 @@ def _visible_parquet(path: str, base: str) -> bool:
 
 def expand(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     """A file, directory or glob (local or any pyarrow filesystem URI) -> sorted Parquet files."""
+    filesystem, _, files = expand_under(uri)
+    return filesystem, files
+
+
+def expand_under(uri: str) -> tuple[pafs.FileSystem, str, list[str]]:
+    """`expand`, with the directory the input names: a directory itself, a glob's directory before its
+    first wildcard, a file's parent."""
     if _is_glob(uri):
         prefix = uri[: min(uri.index(ch) for ch in "*?[" if ch in uri)]
         filesystem, base = filesystem_for(prefix.rsplit("/", 1)[0] if "/" in prefix else ".")
         _, pattern = filesystem_for(uri)  # the pattern as the filesystem spells its paths (no scheme)
         listing = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         matched = [i.path for i in listing if i.is_file and fnmatch.fnmatchcase(i.path, pattern)]
-        return filesystem, sorted(p for p in matched if _visible_parquet(p, base))
+        return filesystem, base, sorted(p for p in matched if _visible_parquet(p, base))
     filesystem, path = filesystem_for(uri)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise ShardError(f"input {uri} does not exist")
     if info.type == pafs.FileType.Directory:
         listing = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-        return filesystem, sorted(i.path for i in listing if i.is_file and _visible_parquet(i.path, path))
-    return filesystem, [path]
+        return filesystem, path, sorted(i.path for i in listing if i.is_file and _visible_parquet(i.path, path))
+    return filesystem, posixpath.dirname(path), [path]
+
+
+@dataclass(frozen=True)
+class DirectoryColumns:
+    """String columns from the key=value directories below the inputs: `partitioning` for Ray Data's
+    read, the same values for a shard read on the driver (`values`)."""
+
+    partitioning: Partitioning
+    keys: tuple[str, ...]
+
+    def values(self, path: str) -> dict[str, str | None]:
+        parsed = PathPartitionParser(self.partitioning)(path)
+        return {key: None if value == HIVE_NULL else value for key, value in parsed.items()}
+
+    def restore_nulls(self, table: pa.Table) -> pa.Table:
+        """Ray Data reads a null key's directory as its name; Spark and pyarrow read it as null."""
+        for key in self.keys:
+            index = table.schema.get_field_index(key)
+            if index >= 0:
+                column = table.column(index)
+                is_null = pc.fill_null(pc.equal(column, pa.scalar(HIVE_NULL, column.type)), False)
+                table = table.set_column(index, key, pc.if_else(is_null, pa.scalar(None, column.type), column))
+        return table
+
+
+def directory_columns(
+    filesystem: pafs.FileSystem, bases: list[str], schemas: dict[str, pa.Schema]
+) -> DirectoryColumns | None:
+    """Ray Data's hive partitioning rooted at the inputs' common directory, when shards lie in
+    key=value directories below it; None when none do, or when a shard in such a directory also
+    holds a column of its key.
+
+    Ray Data (2.60) reads every key=value directory in a file's whole path by default, and where the
+    file holds a column of that name it overwrites the file's values with the directory's (its log
+    line says the file's values win; they do not). So only directories below the inputs count (a
+    /data/team=ml/ above them is not the rows' data), and if a shard holds a column of a key it lies
+    under, no directory is read as a column at all: the shards' own values are kept. A shard outside
+    such directories may hold the column: its rows keep their values, the others get the directory's.
+    """
+    root = posixpath.commonpath(bases) if len(bases) > 1 else bases[0]
+    partitioning = Partitioning("hive", base_dir=root or None, filesystem=filesystem)
+    parse = PathPartitionParser(partitioning)
+    keys = {key for path in schemas for key in parse(path)}
+    if not keys:
+        return None
+    held = {key: path for path, schema in schemas.items() for key in parse(path) if key in schema.names}
+    if held:
+        key, path = next(iter(held.items()))
+        log.warning("key=value directories are not read as columns (%s): shard %s holds a column '%s' itself, so "
+                    "every shard's own values are kept", ", ".join(sorted(keys)), path, key)
+        return None
+    log.info("columns from key=value directories below %s: %s", root or "/", ", ".join(sorted(keys)))
+    return DirectoryColumns(partitioning, tuple(sorted(keys)))
 
 
 def logical_type(data_type: pa.DataType) -> pa.DataType:
@@ -229,8 +301,10 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
     good: dict[str, int] = {}
     schemas: dict[str, pa.Schema] = {}
     skipped: dict[str, str] = {}
+    bases: list[str] = []
     for uri in paths:
-        fs_here, files = expand(uri)
+        fs_here, base, files = expand_under(uri)
+        bases.append(base)
         if filesystem is not None and type(fs_here) is not type(filesystem):
             raise ShardError("all inputs of one run must be on one filesystem")
         filesystem = fs_here
@@ -256,5 +330,6 @@ def discover(paths: list[str], fmt: JudgingFormat, input_cfg: InputConfig) -> Sh
         del good[path]
     if not good:
         raise ShardError(f"no readable shards among {len(skipped)} inputs: " + "; ".join(skipped.values()))
-    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped,
-                    schemas={path: schema for path, schema in schemas.items() if path in good})
+    kept = {path: schema for path, schema in schemas.items() if path in good}
+    directories = directory_columns(filesystem, bases, kept) if input_cfg.directory_columns else None
+    return ShardSet(filesystem=filesystem, row_counts=good, skipped=skipped, schemas=kept, directories=directories)

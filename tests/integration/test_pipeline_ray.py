@@ -275,3 +275,24 @@ def test_driver_knows_the_ids_ray_derives_for_rows_without_one(tmp_path, ray_ses
     got = sorted(dataset.to_pandas()["id"])
     expected = sorted(i for path in shards.paths for i in ids.ids(path).to_pylist())
     assert got == expected and len(set(got)) == 33 and "x" in got
+
+
+def test_the_read_keeps_a_shards_own_column_under_a_directory_of_its_name(tmp_path, ray_session):
+    """Ray Data's default read fills `year` from year=2026/ over the file's own 2025."""
+    from pipelines.adapter import read_rows
+    from pipelines.config import InputConfig
+    from pipelines.shards import discover
+
+    text = {"question": ["q", "q"], "response_a": ["a", "a"], "response_b": ["b", "b"]}
+    (tmp_path / "held" / "year=2026").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a", "b"], **text, "year": [2025, 2026]}), tmp_path / "held" / "year=2026" / "s.parquet")
+    (tmp_path / "spark" / "year=2026").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["c", "d"], **text}), tmp_path / "spark" / "year=2026" / "s.parquet")
+
+    def read(directory: str) -> list[dict]:
+        shards = discover([str(tmp_path / directory)], PairwiseFormat(), InputConfig())
+        dataset = read_rows(shards.paths, shards.filesystem, 4, shards.schema, directories=shards.directories)
+        return sorted(dataset.select_columns(["id", "year"]).take_all(), key=lambda row: row["id"])
+
+    assert read("held") == [{"id": "a", "year": 2025}, {"id": "b", "year": 2026}]
+    assert read("spark") == [{"id": "c", "year": "2026"}, {"id": "d", "year": "2026"}]

@@ -195,3 +195,59 @@ def test_a_resume_reads_only_unfinished_shards_and_ships_only_their_done_ids(tmp
     assert plan.skip_ids == {"b1", "b3"}
     fresh = plan_resume(ids, pa.array([], pa.string()))
     assert len(fresh.unfinished) == 4 and not fresh.skip_ids
+
+
+def test_key_value_directories_below_the_input_become_columns(shards):
+    found = discover([str(shards)], PAIRWISE, InputConfig())
+    assert found.directories is not None and found.directories.keys == ("day",)
+    assert [found.directories.values(p) for p in found.paths] == [{}, {"day": "1"}]
+
+
+def test_key_value_directories_above_the_input_are_not_columns(shards):
+    assert discover([str(shards / "day=1")], PAIRWISE, InputConfig()).directories is None
+    assert discover([str(shards / "day=1" / "a.parquet")], PAIRWISE, InputConfig()).directories is None
+
+
+def test_inputs_side_by_side_read_the_keys_below_their_common_directory(tmp_path):
+    for night in ("dt=2026-11-30", "dt=2026-12-01"):
+        (tmp_path / "nights" / night).mkdir(parents=True)
+        pq.write_table(GOOD, tmp_path / "nights" / night / "part-0.parquet")
+    found = discover([str(tmp_path / "nights" / "dt=2026-11-30"), str(tmp_path / "nights" / "dt=2026-12-01")],
+                     PAIRWISE, InputConfig())
+    assert [found.directories.values(p) for p in found.paths] == [{"dt": "2026-11-30"}, {"dt": "2026-12-01"}]
+
+
+def test_a_shard_holding_the_key_it_lies_under_keeps_its_values(tmp_path, caplog):
+    """Ray Data would overwrite the file's `day` with the directory's: no directory is read then."""
+    for day in ("1", "2"):
+        (tmp_path / f"day={day}").mkdir()
+    pq.write_table(GOOD.append_column("day", pa.array([7, 8])), tmp_path / "day=1" / "a.parquet")
+    pq.write_table(GOOD, tmp_path / "day=2" / "b.parquet")
+    with caplog.at_level("WARNING", logger="pipelines.shards"):
+        found = discover([str(tmp_path)], PAIRWISE, InputConfig())
+    assert found.directories is None
+    assert "day=1/a.parquet holds a column 'day'" in caplog.text
+
+
+def test_a_shard_outside_the_directories_may_hold_their_key(tmp_path):
+    (tmp_path / "day=2").mkdir()
+    pq.write_table(GOOD.append_column("day", pa.array(["1", "1"])), tmp_path / "flat.parquet")
+    pq.write_table(GOOD, tmp_path / "day=2" / "b.parquet")
+    found = discover([str(tmp_path)], PAIRWISE, InputConfig())
+    assert found.directories is not None and found.directories.keys == ("day",)
+
+
+def test_directory_columns_can_be_turned_off(shards):
+    assert discover([str(shards)], PAIRWISE, InputConfig(directory_columns=False)).directories is None
+
+
+def test_a_null_keys_directory_reads_as_null(tmp_path):
+    from pipelines.shards import HIVE_NULL
+
+    for value in ("web", HIVE_NULL):
+        (tmp_path / f"source={value}").mkdir()
+        pq.write_table(GOOD, tmp_path / f"source={value}" / "part-0.parquet")
+    found = discover([str(tmp_path)], PAIRWISE, InputConfig())
+    assert [found.directories.values(p) for p in found.paths] == [{"source": None}, {"source": "web"}]
+    read = pa.table({"source": ["web", HIVE_NULL, None], "other": [HIVE_NULL] * 3})
+    assert found.directories.restore_nulls(read).to_pydict() == {"source": ["web", None, None], "other": [HIVE_NULL] * 3}
