@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig
 from pipelines.shards import ShardSet
-from stages.base import Settlement
+from stages.base import Settlement, with_columns
 from stages.normalize import NormalizeStage, given_ids
 from stages.rows import RowError
 from stages.write import WriteStage
@@ -36,11 +36,11 @@ def settle_duplicates(cfg: RunConfig, shards: ShardSet, duplicates: dict[str, in
     schema = shards.schema
     for path in shards.paths:
         table = pq.read_table(path, filesystem=shards.filesystem, schema=schema)
-        if shards.directories is not None:  # as the distributed read adds them
-            for key, value in shards.directories.values(path).items():
-                column = pa.array([value] * table.num_rows, pa.string())
-                index = table.schema.get_field_index(key)  # in the read schema when another shard holds it
-                table = table.set_column(index, key, column) if index >= 0 else table.append_column(key, column)
+        if shards.directories is not None:
+            # As the distributed read adds them; a key another shard holds is already in the read schema.
+            directory = shards.directories.values(path)
+            table = with_columns(table, {key: [value] * table.num_rows for key, value in directory.items()},
+                                 dict.fromkeys(directory, pa.string()))
         if id_column not in table.column_names:
             continue
         rows = table.filter(pc.fill_null(pc.is_in(given_ids(table.column(id_column)), value_set=wanted), False))

@@ -148,10 +148,11 @@ def directory_columns(
     root = posixpath.commonpath(bases) if len(bases) > 1 else bases[0]
     partitioning = Partitioning("hive", base_dir=root or None, filesystem=filesystem)
     parse = PathPartitionParser(partitioning)
-    keys = {key for path in schemas for key in parse(path)}
+    under = {path: parse(path) for path in schemas}  # path -> its directories' key -> value
+    keys = {key for directory in under.values() for key in directory}
     if not keys:
         return None
-    held = {key: path for path, schema in schemas.items() for key in parse(path) if key in schema.names}
+    held = {key: path for path, schema in schemas.items() for key in under[path] if key in schema.names}
     if held:
         key, path = next(iter(held.items()))
         log.warning("key=value directories are not read as columns (%s): shard %s holds a column '%s' itself, so "
