@@ -224,4 +224,13 @@ def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None, ledg
         max_concurrent_calls_per_actor=in_flight,
         enable_true_multi_threading=in_flight > 1,
     )
-    return dataset.map_batches(_ActorStage, fn_constructor_args=(stage, metrics, ledger), compute=compute, **common)
+    return dataset.map_batches(_ActorStage, fn_constructor_args=(stage, metrics, ledger), compute=compute,
+                               ray_remote_args_fn=_pool_only, **common)
+
+
+def _pool_only() -> dict[str, Any]:
+    """No per-actor remote args: given at all, it keeps Ray Data from fusing the task stage before a pool
+    into the pool's actors, which it does when the two ask for the same resources. On the CPU engine
+    the 1-CPU judge ran the decode in its replica's process, where a file that crashed the decoder
+    took the engine down with it."""
+    return {}

@@ -103,6 +103,28 @@ def test_label_and_write_run_in_one_task_after_the_judge(tmp_path, ray_session, 
     assert operators[1].startswith("ActorPoolMapOperator[") and operators[1].endswith("(_ActorStage)]"), physical
 
 
+def test_no_task_stage_runs_inside_a_judge_replica(tmp_path, ray_session, capsys):
+    # Ray Data fuses a task map into the actor map after it when both ask for the same resources:
+    # with the judge's default 1 CPU, the decode stage (1 CPU) ran inside the judge replica.
+    from pipelines.adapter import apply_stage, read_rows
+    from pipelines.curate import build_stages
+    from stages.decode import DecodeStage
+
+    cfg = config(tmp_path)
+    assert cfg.judge.cpus_per_replica == DecodeStage.num_cpus and not cfg.judge.resources
+    write_demo_shards(tmp_path / "input", 8, shards=1)
+    dataset = read_rows([str(tmp_path / "input")], None, 8)
+    for stage in build_stages(cfg, engine_factory=simulated_engine):
+        dataset = apply_stage(dataset, stage)
+    capsys.readouterr()
+    dataset.explain()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    operators = [line.strip(" +-") for line in physical.splitlines() if "[" in line]
+    assert operators[1:4] == ["ActorPoolMapOperator[MapBatches(_ActorStage)]",  # the judge, alone
+                              "TaskPoolMapOperator[MapBatches(_run_task)]",  # decode
+                              "TaskPoolMapOperator[MapBatches(_run_task)]"], physical  # normalize
+
+
 def test_the_label_and_write_task_runs_while_upstream_stages_hold_every_cpu(ray_session):
     # Ray Data reserves CPUs for the plan's operators upstream first: with the read, repartition,
     # normalize, decode and judge holding all of a 4-CPU node's, a label-and-write task that asked
