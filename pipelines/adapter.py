@@ -2,7 +2,9 @@
 
 Stateless stages run as tasks. Stages with a `pool_size` run on a fixed-size actor pool (min =
 max: engine start-up is too expensive to autoscale), with `batches_in_flight` batches running
-concurrently per actor so a replica always has the next batch in hand.
+concurrently per actor so a replica always has the next batch in hand. Stages with a
+`quarantine_after` hold the rows they work on in the run's crash ledger (pipelines/quarantine.py),
+so a row that kills its worker every time is quarantined, not retried forever.
 Each batch's time and row counts go to the run's metrics actor (metrics.py), which the run report reads.
 """
 from __future__ import annotations
@@ -13,14 +15,15 @@ import math
 import os
 import threading
 import time
+import uuid
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
-from pipelines.quarantine import ReplicaCrash, SharedExclusiveLock, beat
+from pipelines.quarantine import ReplicaCrash, SharedExclusiveLock, WorkerCrash, beat
 from pipelines.shards import DirectoryColumns
 from stages.base import Settlement, Stage
 from stages.rows import ERROR_STAGE
@@ -37,12 +40,69 @@ def run_stage_batch(stage: Stage, batch: pa.Table, metrics: Any | None) -> pa.Ta
     return output
 
 
-def _run_task(batch: pa.Table, stage: Stage, metrics: Any | None) -> pa.Table:
+def _run_task(batch: pa.Table, stage: Stage, metrics: Any | None, ledger: Any | None = None) -> pa.Table:
     stage.setup()  # task stages keep setup cheap (imports are cached per worker process)
     try:
-        return run_stage_batch(stage, batch, metrics)
+        if ledger is None:
+            return run_stage_batch(stage, batch, metrics)
+        return _held_attempt(batch, stage, metrics, ledger)
     finally:
         release_freed_memory()
+
+
+def _held_attempt(batch: pa.Table, stage: Stage, metrics: Any | None, ledger: Any) -> pa.Table:
+    """One attempt at a task of a stage whose rows can kill its worker process: the rows it works on
+    are held in the ledger (pipelines/quarantine.py), so the attempt Ray Data retries it with knows
+    which rows were in the process when it died."""
+    attempt, node = uuid.uuid4().hex, ray.get_runtime_context().get_node_id()
+    ids = batch.column("id").to_pylist()
+
+    def released(rows: pa.Table, row_ids: list[str]) -> pa.Table:
+        output = run_stage_batch(stage, rows, metrics)
+        ledger.release.remote(attempt, row_ids)
+        return output
+
+    def held(rows: pa.Table, row_ids: list[str], _alone: bool) -> pa.Table:  # a process of its own: alone anyway
+        ray.get(ledger.hold.remote(attempt, node, row_ids))  # recorded before any work can crash
+        return released(rows, row_ids)
+
+    crashes = ray.get(ledger.take.remote(attempt, node, ids))
+    if not crashes:  # take() holds them
+        return released(batch, ids)
+    return _suspects_apart(batch, ids, crashes, stage.quarantine_after, held,
+                          lambda row, count: _quarantined(row, stage, WorkerCrash(stage.name, count)))
+
+
+def _suspects_apart(
+    batch: pa.Table,
+    ids: list[str],
+    crashes: dict[str, int],
+    quarantine_after: int,
+    run: Callable[[pa.Table, list[str], bool], pa.Table],
+    quarantine: Callable[[pa.Table, int], pa.Table],
+) -> pa.Table:
+    """`batch` processed by `run(rows, their ids, alone)`: the rows no crash names together, then each
+    suspect (its id in `crashes`) alone, so that a crash names it, or `quarantine`d once it has been
+    in `quarantine_after` crashes."""
+    if not crashes:
+        return run(batch, ids, False)
+    clean = [i for i, row_id in enumerate(ids) if row_id not in crashes]
+    parts = []
+    if clean:
+        parts.append(run(batch.take(pa.array(clean, pa.int64())), [ids[i] for i in clean], False))
+    for index, row_id in enumerate(ids):
+        if row_id in crashes:
+            row = batch.slice(index, 1)
+            parts.append(quarantine(row, crashes[row_id]) if crashes[row_id] >= quarantine_after
+                         else run(row, [row_id], True))
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _quarantined(row: pa.Table, stage: Stage, crash: Exception) -> pa.Table:
+    """`row` routed to errors/ by `stage` for `crash`, unprocessed."""
+    settlement = Settlement(row)
+    settlement.fail(0, stage.name, crash)
+    return settlement.apply(row)
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -103,33 +163,16 @@ class _ActorStage:
             return run_stage_batch(self.stage, batch, self.metrics)
         ids = batch.column("id").to_pylist()
         crashes = ray.get(self.ledger.crash_counts.remote(ids))
-        if not crashes:
-            return self._guarded(batch, ids, exclusive=False)
-        clean = [i for i, row_id in enumerate(ids) if row_id not in crashes]
-        parts = []
-        if clean:
-            parts.append(self._guarded(batch.take(pa.array(clean, pa.int64())), [ids[i] for i in clean], exclusive=False))
-        for index, row_id in enumerate(ids):
-            if row_id not in crashes:
-                continue
-            row = batch.slice(index, 1)
-            if crashes[row_id] >= self.stage.quarantine_after:
-                parts.append(self._quarantine(row, crashes[row_id]))
-            else:
-                parts.append(self._guarded(row, [row_id], exclusive=True))
-        return pa.concat_tables(parts, promote_options="permissive")
+        return _suspects_apart(batch, ids, crashes, self.stage.quarantine_after, self._guarded,
+                              lambda row, count: _quarantined(row, self.stage, ReplicaCrash(self.stage.name, count)))
 
-    def _guarded(self, batch: pa.Table, ids: list[str], *, exclusive: bool) -> pa.Table:
+    def _guarded(self, batch: pa.Table, ids: list[str], exclusive: bool) -> pa.Table:
+        """A suspect (`exclusive`) has the actor to itself: its other batches wait."""
         with self.lock.exclusive() if exclusive else self.lock.shared():
             ray.get(self.ledger.begin.remote(self.actor, ids))  # recorded before any work can crash
             output = run_stage_batch(self.stage, batch, self.metrics)
             self.ledger.end.remote(self.actor, ids)
         return output
-
-    def _quarantine(self, row: pa.Table, crashes: int) -> pa.Table:
-        settlement = Settlement(row)
-        settlement.fail(0, self.stage.name, ReplicaCrash(self.stage.name, crashes))
-        return settlement.apply(row)
 
     def __del__(self) -> None:
         self.stopped.set()
@@ -216,7 +259,8 @@ def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None, ledg
     if stage.num_gpus:
         common["num_gpus"] = stage.num_gpus
     if stage.pool_size is None:
-        return dataset.map_batches(_run_task, fn_kwargs={"stage": stage, "metrics": metrics}, **common)
+        held = ledger if stage.quarantine_after else None
+        return dataset.map_batches(_run_task, fn_kwargs={"stage": stage, "metrics": metrics, "ledger": held}, **common)
     in_flight = stage.batches_in_flight
     compute = ActorPoolStrategy(
         size=stage.pool_size,

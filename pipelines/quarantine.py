@@ -1,5 +1,5 @@
-"""The judge pool's ledger: keep a row that kills its actor from looping forever, count restarts,
-and notice a replica that is gone for good.
+"""The run's crash ledger: keep a row that kills its worker (a judge replica, or a decode task's
+process) from looping forever, count restarts, and notice a replica that is gone for good.
 
 Ray Data restarts a dead pool actor and retries its batches, so no row is lost when a replica
 dies. But a row that itself kills the replica would kill it again on every retry. The ledger
@@ -13,6 +13,11 @@ Each replica also beats a heartbeat. A replica that went silent with rows in fli
 be restarted; if no node can take it (its node is gone and none comes back), Ray would wait forever:
 `down_replicas` names it once it has been silent too long, and `give_up` ends it for good, which
 fails the run instead (pipelines/pool_watch.py).
+A stage run as tasks (the decode, which hands the data's bytes to C decoders) is retried by Ray Data
+in a new attempt, without end, when its worker process dies. Each attempt holds its rows in the
+ledger while it works on them; an attempt that finds one of its rows still held by an earlier one
+knows that attempt's worker died with it (Ray retries a task only then), and those rows become
+suspects, processed alone and quarantined as for the pool (`[worker_crash]`).
 The ledger is pinned to the driver's node, so it lives exactly as long as the run.
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from stages.rows import RowError
 
 CRASH_REASON = "replica_crash"
+WORKER_CRASH_REASON = "worker_crash"
 HEARTBEAT_S = 2.0
 
 
@@ -43,6 +49,17 @@ class ReplicaCrash(RowError):
         )
 
 
+class WorkerCrash(RowError):
+    """A row that was in a task of its stage each time the task's worker process died; quarantined."""
+
+    def __init__(self, stage: str, crashes: int) -> None:
+        super().__init__(
+            WORKER_CRASH_REASON,
+            f"the {stage} stage's worker process died {crashes} times with this row in it, the last time with no "
+            "other row; it is not processed again",
+        )
+
+
 @ray.remote(num_cpus=0)
 class CrashLedger:
     def __init__(self) -> None:
@@ -53,6 +70,11 @@ class CrashLedger:
         self.restarts = 0
         self.node_losses = 0
         self.handles: dict[str, Any] = {}
+        # Task attempts: row id -> the attempt holding it; attempt -> its rows and its node.
+        self.held_by: dict[str, str] = {}
+        self.attempt_rows: dict[str, set[str]] = {}
+        self.attempt_node: dict[str, str] = {}
+        self.attempt_crashes: Counter[str] = Counter()
 
     def register(self, actor: str, handle: Any) -> None:
         """An actor of the pool, with its handle: the one way to give it up (`give_up`)."""
@@ -99,6 +121,36 @@ class CrashLedger:
             for actor, seen in self.last_seen.items()
             if now - seen > silent_for_s and self.in_flight.get(actor)
         }
+
+    def take(self, attempt: str, node: str, ids: list[str]) -> dict[str, int]:
+        """A task attempt on `node` takes `ids`: an earlier attempt still holding one of them died in
+        it, and its rows become suspects unless its node died. Returns the suspects' crash counts;
+        with none, `attempt` holds all of `ids` (one call for the common case)."""
+        for earlier in {self.held_by[i] for i in ids if i in self.held_by}:
+            rows, earlier_node = self.attempt_rows.pop(earlier), self.attempt_node.pop(earlier)
+            for row in rows:
+                del self.held_by[row]
+            if not self._node_dead(earlier_node):
+                self.attempt_crashes.update(rows)
+        crashes = {i: self.attempt_crashes[i] for i in ids if self.attempt_crashes[i]}
+        if not crashes:
+            self.hold(attempt, node, ids)
+        return crashes
+
+    def hold(self, attempt: str, node: str, ids: list[str]) -> None:
+        self.held_by.update(dict.fromkeys(ids, attempt))
+        self.attempt_rows.setdefault(attempt, set()).update(ids)
+        self.attempt_node[attempt] = node
+
+    def release(self, attempt: str, ids: list[str]) -> None:
+        rows = self.attempt_rows.get(attempt, set())
+        for row in ids:
+            rows.discard(row)
+            if self.held_by.get(row) == attempt:
+                del self.held_by[row]
+        if not rows:
+            self.attempt_rows.pop(attempt, None)
+            self.attempt_node.pop(attempt, None)
 
     def counts(self) -> dict[str, int]:
         return {"replica_restarts": self.restarts, "node_losses": self.node_losses}

@@ -35,7 +35,8 @@ class Stage:
     pool_size: int | None = None
     # With a pool: batches one actor works on at once (threads), so a slow batch never idles it.
     batches_in_flight: int = 1
-    # With a pool: a row in flight during this many actor deaths is routed to errors/, not retried.
+    # A row in its worker (a pool's actor, or a task's process) during this many of its deaths, the last
+    # time alone, is routed to errors/ instead of being retried forever (pipelines/quarantine.py).
     quarantine_after: int | None = None
 
     def setup(self) -> None:

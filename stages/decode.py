@@ -51,6 +51,9 @@ class DecodeStage(RowStage):
 
     name: ClassVar[str] = "decode"
     num_cpus = 1.0
+    # The data's bytes go to C decoders (libjpeg, libsndfile, FFmpeg): a file that crashes one, or
+    # that it exhausts memory on, kills the task's process, which Ray Data retries without end.
+    quarantine_after = 2
 
     def __init__(
         self,

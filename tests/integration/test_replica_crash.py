@@ -1,9 +1,11 @@
-"""A judge replica that dies is restarted and its rows retried; a row that kills it is quarantined."""
+"""A judge replica or a decode task's process that dies is restarted and its rows retried; a row that
+kills it every time is quarantined."""
 from __future__ import annotations
 
 import os
 import re
 import signal
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +14,7 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.curate import run_curation
+from stages.decode import DecodeStage
 from stages.engines.api import JudgeRequest
 from stages.engines.simulated import SimulatedEngine
 from stages.formats.pairwise import PairwiseFormat
@@ -49,11 +52,29 @@ def engine_with_poison() -> SimulatedEngine:
     return SimulatedEngine(crash_always)
 
 
-def shard(path: Path, special: str) -> None:
-    questions = [f"question {i}" for i in range(8)]
-    questions[5] = f"{special} question"
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "question": questions,
-                             "response_a": ["yes"] * 8, "response_b": ["no"] * 8}), path)
+def simulated() -> SimulatedEngine:
+    return SimulatedEngine(seeded_scores)
+
+
+class DecodeDying(DecodeStage):
+    """The decode, but its process dies on a row with a CRASH-ONCE or POISON question, as on a file
+    that crashes a C decoder or exhausts the worker's memory."""
+
+    def process(self, table: pa.Table) -> pa.Table:
+        for question in table.column("question").to_pylist():
+            found = CRASH.search(question or "")
+            if "POISON" in (question or "") or (found and not Path(found.group(1)).exists()):
+                if found:
+                    Path(found.group(1)).write_text("crashed")
+                _die()
+        return super().process(table)
+
+
+def shard(path: Path, special: str, rows: int = 8, at: int = 5) -> None:
+    questions = [f"question {i}" for i in range(rows)]
+    questions[at] = f"{special} question"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(rows)], "question": questions,
+                             "response_a": ["yes"] * rows, "response_b": ["no"] * rows}), path)
 
 
 def config(tmp_path: Path):
@@ -90,3 +111,51 @@ def test_row_that_kills_the_replica_every_time_is_quarantined(tmp_path, ray_sess
     assert error["error_stage"] == "judge" and "[replica_crash]" in error["error"]
     assert error["error_reason"] == "replica_crash"
     assert result.report["error_reasons"] == {"replica_crash": 1}
+
+
+def finished_within(seconds: float, run, *args, **kwargs):
+    """`run(*args, **kwargs)`'s result, failing the test if it has not returned after `seconds`."""
+    outcome: dict = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = run(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: the row is retried without end"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+# The driver decodes the first 8 rows of a shard to size the object-store budget: the dying row comes after.
+DECODE_ROWS, DYING_AT = 12, 10
+
+
+def test_a_decode_task_whose_process_dies_is_retried_and_its_rows_land(tmp_path, ray_session, monkeypatch):
+    monkeypatch.setattr("pipelines.curate.DecodeStage", DecodeDying)
+    shard(tmp_path / "in.parquet", f"CRASH-ONCE {tmp_path / 'crashed'}", DECODE_ROWS, DYING_AT)
+    result = run_curation(config(tmp_path), engine_factory=simulated)
+    assert (tmp_path / "crashed").exists(), "the decode never crashed"
+    assert result.succeeded
+    where = landed(tmp_path / "out")
+    assert sorted(where) == sorted(f"r{i}" for i in range(DECODE_ROWS)) and "errors" not in where.values()
+
+
+def test_row_that_kills_the_decode_every_time_is_quarantined(tmp_path, ray_session, monkeypatch):
+    # Ray Data retries a task whose worker died without end: without the ledger this run never ended.
+    monkeypatch.setattr("pipelines.curate.DecodeStage", DecodeDying)
+    shard(tmp_path / "in.parquet", "POISON", DECODE_ROWS, DYING_AT)
+    result = finished_within(240, run_curation, config(tmp_path), engine_factory=simulated)
+    assert result.succeeded
+    where = landed(tmp_path / "out")
+    assert sorted(where) == sorted(f"r{i}" for i in range(DECODE_ROWS))
+    assert [i for i, outcome in where.items() if outcome == "errors"] == [f"r{DYING_AT}"]
+    [error] = pq.read_table(tmp_path / "out" / "errors").to_pylist()
+    assert error["error_stage"] == "decode" and error["error_reason"] == "worker_crash"
+    assert result.report["error_reasons"] == {"worker_crash": 1}
+    assert result.report["judge"]["replica_restarts"] == 0

@@ -1,4 +1,5 @@
-"""The judge pool's ledger after a replica's node is lost, and the watch that stops a run waiting for it."""
+"""The crash ledger after a replica or a task attempt dies (and after its node is lost), and the watch
+that stops a run waiting for a replica."""
 from __future__ import annotations
 
 import time
@@ -41,6 +42,34 @@ def test_a_replica_is_down_when_silent_too_long_with_rows_in_flight(monkeypatch)
     assert list(ledger.down_replicas(30)) == ["a1"]
     ledger.end("a1", ["r1", "r2"])
     assert ledger.down_replicas(30) == {}
+
+
+def test_a_task_attempt_that_died_holding_rows_makes_them_suspects_of_its_retry(monkeypatch):
+    monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": True}])
+    ledger = Ledger()
+    assert ledger.take("t1", "n1", ["r1", "r2", "r3"]) == {}  # held by t1 at once
+    ledger.release("t1", ["r3"])  # t1 dies with r1 and r2
+    assert ledger.take("t2", "n1", ["r1", "r2", "r3"]) == {"r1": 1, "r2": 1}  # Ray's retry of the task
+    ledger.hold("t2", "n1", ["r3"])
+    ledger.release("t2", ["r3"])
+    ledger.hold("t2", "n1", ["r1"])  # suspects one at a time: r1 dies again
+    assert ledger.take("t3", "n1", ["r1", "r2", "r3"]) == {"r1": 2, "r2": 1}
+    assert ledger.take("t4", "n1", ["r4"]) == {} and ledger.held_by == {"r4": "t4"}
+
+
+def test_a_task_attempt_lost_with_its_node_makes_no_suspects(monkeypatch):
+    monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": False}])
+    ledger = Ledger()
+    ledger.take("t1", "n1", ["r1", "r2"])
+    assert ledger.take("t2", "n2", ["r1", "r2"]) == {}
+
+
+def test_finished_attempts_leave_nothing_in_the_ledger():
+    ledger = Ledger()
+    for attempt in ("t1", "t2"):
+        ledger.take(attempt, "n1", [f"{attempt}-a", f"{attempt}-b"])
+        ledger.release(attempt, [f"{attempt}-a", f"{attempt}-b"])
+    assert ledger.held_by == {} and ledger.attempt_rows == {} and ledger.attempt_node == {}
 
 
 class FakeLedgerMethod:
