@@ -249,6 +249,13 @@ def _ray_data_settings(settings: dict[str, str]) -> Iterator[None]:
             del os.environ[name]
 
 
+# Ray's own default for a CPU task's worker (reused without limit), stated: a pool's actors cannot
+# have it, and Ray Data fuses a task stage into the actor pool after it when their remote args are
+# equal. On the CPU engine the 1-CPU judge ran the decode (1 CPU) in its replica's process, where a
+# file that crashed the decoder took the engine down with it.
+TASK_WORKER_CALLS = 0
+
+
 def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None, ledger: Any | None = None) -> Dataset:
     common: dict[str, Any] = dict(
         batch_size=stage.batch_size,
@@ -260,7 +267,8 @@ def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None, ledg
         common["num_gpus"] = stage.num_gpus
     if stage.pool_size is None:
         held = ledger if stage.quarantine_after else None
-        return dataset.map_batches(_run_task, fn_kwargs={"stage": stage, "metrics": metrics, "ledger": held}, **common)
+        return dataset.map_batches(_run_task, fn_kwargs={"stage": stage, "metrics": metrics, "ledger": held},
+                                   max_calls=TASK_WORKER_CALLS, **common)
     in_flight = stage.batches_in_flight
     compute = ActorPoolStrategy(
         size=stage.pool_size,
@@ -268,13 +276,4 @@ def apply_stage(dataset: Dataset, stage: Stage, metrics: Any | None = None, ledg
         max_concurrent_calls_per_actor=in_flight,
         enable_true_multi_threading=in_flight > 1,
     )
-    return dataset.map_batches(_ActorStage, fn_constructor_args=(stage, metrics, ledger), compute=compute,
-                               ray_remote_args_fn=_pool_only, **common)
-
-
-def _pool_only() -> dict[str, Any]:
-    """No per-actor remote args: given at all, it keeps Ray Data from fusing the task stage before a pool
-    into the pool's actors, which it does when the two ask for the same resources. On the CPU engine
-    the 1-CPU judge ran the decode in its replica's process, where a file that crashed the decoder
-    took the engine down with it."""
-    return {}
+    return dataset.map_batches(_ActorStage, fn_constructor_args=(stage, metrics, ledger), compute=compute, **common)
