@@ -8,7 +8,8 @@ run held 1.1 GiB there against 0.35 GiB for 6,400 rows, and its summed memory wa
 replicas' working set is what the store must hold for them to stay fed: replicas x batches in
 flight x batch size decoded rows. A decoded row's size depends on the data (the media bounds cap
 it at megabytes; typical rows are far smaller), so it is measured before the run on a few rows of
-shards spread over the input, decoded in the driver by the run's own stages. (bench/README.md,
+shards spread over the input, decoded by the run's own stages in a Ray worker, as the decode tasks
+decode: a file that kills its decoder takes that worker down, not the driver. (bench/README.md,
 "Ray Data's object-store budget".)
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
 from stages.decode import DecodeStage
 from stages.judge import JudgeStage
@@ -103,6 +105,11 @@ def decoded_bytes_per_row(sample: pa.Table, normalize: NormalizeStage, decode: D
     return decoded.nbytes / decoded.num_rows if decoded.num_rows else 0.0
 
 
+@ray.remote(num_cpus=0, max_retries=0)
+def _decoded_in_a_worker(sample: pa.Table, normalize: NormalizeStage, decode: DecodeStage) -> float:
+    return decoded_bytes_per_row(sample, normalize, decode)
+
+
 def store_budget(
     setting: int | str,
     stages: list[Any],
@@ -124,7 +131,7 @@ def store_budget(
     held = judge_held_rows(judge)
     try:
         sample = sample_rows(paths, filesystem, schema, row_hash)
-        per_row = decoded_bytes_per_row(sample, normalize, decode) if sample.num_rows else 0.0
+        per_row = ray.get(_decoded_in_a_worker.remote(sample, normalize, decode)) if sample.num_rows else 0.0
     except Exception as exc:  # noqa: BLE001 - a sizing aid: the run goes on under Ray Data's budget
         log.warning("object-store budget: could not sample the shards (%s); Ray Data's default applies", exc)
         return StoreBudget(None, "ray", judge_held_rows=held)

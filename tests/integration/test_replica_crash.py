@@ -132,8 +132,9 @@ def finished_within(seconds: float, run, *args, **kwargs):
     return outcome["result"]
 
 
-# The driver decodes the first 8 rows of a shard to size the object-store budget: the dying row comes after.
-DECODE_ROWS, DYING_AT = 12, 10
+# The object-store budget is sized on the first 8 rows of a shard, decoded in a worker of their own
+# before the run: a row after them dies in the run's decode only.
+DECODE_ROWS, DYING_AT, SAMPLED = 12, 10, 2
 
 
 def test_a_decode_task_whose_process_dies_is_retried_and_its_rows_land(tmp_path, ray_session, monkeypatch):
@@ -146,16 +147,19 @@ def test_a_decode_task_whose_process_dies_is_retried_and_its_rows_land(tmp_path,
     assert sorted(where) == sorted(f"r{i}" for i in range(DECODE_ROWS)) and "errors" not in where.values()
 
 
-def test_row_that_kills_the_decode_every_time_is_quarantined(tmp_path, ray_session, monkeypatch):
+@pytest.mark.parametrize("at", [DYING_AT, SAMPLED])
+def test_row_that_kills_the_decode_every_time_is_quarantined(tmp_path, ray_session, monkeypatch, at):
     # Ray Data retries a task whose worker died without end: without the ledger this run never ended.
+    # Among the rows the budget is sized on, it killed the driver, before the run started.
     monkeypatch.setattr("pipelines.curate.DecodeStage", DecodeDying)
-    shard(tmp_path / "in.parquet", "POISON", DECODE_ROWS, DYING_AT)
+    shard(tmp_path / "in.parquet", "POISON", DECODE_ROWS, at)
     result = finished_within(240, run_curation, config(tmp_path), engine_factory=simulated)
     assert result.succeeded
     where = landed(tmp_path / "out")
     assert sorted(where) == sorted(f"r{i}" for i in range(DECODE_ROWS))
-    assert [i for i, outcome in where.items() if outcome == "errors"] == [f"r{DYING_AT}"]
+    assert [i for i, outcome in where.items() if outcome == "errors"] == [f"r{at}"]
     [error] = pq.read_table(tmp_path / "out" / "errors").to_pylist()
     assert error["error_stage"] == "decode" and error["error_reason"] == "worker_crash"
     assert result.report["error_reasons"] == {"worker_crash": 1}
     assert result.report["judge"]["replica_restarts"] == 0
+    assert result.report["object_store_budget"]["source"] == ("ray" if at == SAMPLED else "derived")

@@ -23,6 +23,8 @@ from pipelines.store_budget import (
 from stages.judge import JudgeStage
 from tests.synthetic_media import jpeg
 
+pytestmark = pytest.mark.usefixtures("ray_session")  # the sample is decoded in a Ray worker
+
 
 def config(tmp_path, *sets):
     return load_config(overrides=["judge.engine.device=cpu", *sets],
