@@ -218,7 +218,7 @@ def _stream(
                     # The write stage commits as it goes; the report reads its tallies back from the manifests.
                     progress.batch_written(batch.column("stats").to_pylist())
         stage_metrics, timeline = ray.get([metrics.snapshot.remote(), metrics.timeline.remote()])
-        pool = ray.get(ledger.counts.remote())
+        pool, task_worker_deaths = ray.get([ledger.counts.remote(), ledger.task_worker_deaths.remote()])
     finally:
         ray.kill(metrics)
         ray.kill(ledger)
@@ -236,6 +236,7 @@ def _stream(
         timeline=timeline,
     )
     report["judge"].update(pool)
+    report["task_worker_deaths"] = task_worker_deaths
     report["resumed"] = {"committed_batches": run_dir.resumed_batches, "committed_rows": len(run_dir.committed_ids)}
     report["duplicate_ids"] = duplicates
     report["object_store_budget"] = budget.as_report()

@@ -75,6 +75,7 @@ class CrashLedger:
         self.attempt_rows: dict[str, set[str]] = {}
         self.attempt_node: dict[str, str] = {}
         self.attempt_crashes: Counter[str] = Counter()
+        self.attempt_deaths = 0
 
     def register(self, actor: str, handle: Any) -> None:
         """An actor of the pool, with its handle: the one way to give it up (`give_up`)."""
@@ -131,6 +132,7 @@ class CrashLedger:
             for row in rows:
                 del self.held_by[row]
             if not self._node_dead(earlier_node):
+                self.attempt_deaths += 1
                 self.attempt_crashes.update(rows)
         crashes = {i: self.attempt_crashes[i] for i in ids if self.attempt_crashes[i]}
         if not crashes:
@@ -154,6 +156,10 @@ class CrashLedger:
 
     def counts(self) -> dict[str, int]:
         return {"replica_restarts": self.restarts, "node_losses": self.node_losses}
+
+    def task_worker_deaths(self) -> int:
+        """Task attempts whose worker process died holding rows (not with its node)."""
+        return self.attempt_deaths
 
 
 class SharedExclusiveLock:

@@ -145,6 +145,7 @@ def test_a_decode_task_whose_process_dies_is_retried_and_its_rows_land(tmp_path,
     assert result.succeeded
     where = landed(tmp_path / "out")
     assert sorted(where) == sorted(f"r{i}" for i in range(DECODE_ROWS)) and "errors" not in where.values()
+    assert result.report["task_worker_deaths"] == 1
 
 
 @pytest.mark.parametrize("at", [DYING_AT, SAMPLED])
@@ -162,4 +163,5 @@ def test_row_that_kills_the_decode_every_time_is_quarantined(tmp_path, ray_sessi
     assert error["error_stage"] == "decode" and error["error_reason"] == "worker_crash"
     assert result.report["error_reasons"] == {"worker_crash": 1}
     assert result.report["judge"]["replica_restarts"] == 0
+    assert result.report["task_worker_deaths"] == 2  # the row's batch, then the row alone
     assert result.report["object_store_budget"]["source"] == ("ray" if at == SAMPLED else "derived")

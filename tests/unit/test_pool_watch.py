@@ -55,6 +55,7 @@ def test_a_task_attempt_that_died_holding_rows_makes_them_suspects_of_its_retry(
     ledger.hold("t2", "n1", ["r1"])  # suspects one at a time: r1 dies again
     assert ledger.take("t3", "n1", ["r1", "r2", "r3"]) == {"r1": 2, "r2": 1}
     assert ledger.take("t4", "n1", ["r4"]) == {} and ledger.held_by == {"r4": "t4"}
+    assert ledger.task_worker_deaths() == 2
 
 
 def test_a_task_attempt_lost_with_its_node_makes_no_suspects(monkeypatch):
@@ -62,6 +63,7 @@ def test_a_task_attempt_lost_with_its_node_makes_no_suspects(monkeypatch):
     ledger = Ledger()
     ledger.take("t1", "n1", ["r1", "r2"])
     assert ledger.take("t2", "n2", ["r1", "r2"]) == {}
+    assert ledger.task_worker_deaths() == 0
 
 
 def test_finished_attempts_leave_nothing_in_the_ledger():
