@@ -70,10 +70,9 @@ class CrashLedger:
         self.restarts = 0
         self.node_losses = 0
         self.handles: dict[str, Any] = {}
-        # Task attempts: row id -> the attempt holding it; attempt -> its rows and its node.
+        # Task attempts: row id -> the attempt holding it; attempt -> (its node, the rows it holds).
         self.held_by: dict[str, str] = {}
-        self.attempt_rows: dict[str, set[str]] = {}
-        self.attempt_node: dict[str, str] = {}
+        self.attempts: dict[str, tuple[str, set[str]]] = {}
         self.attempt_crashes: Counter[str] = Counter()
         self.attempt_deaths = 0
 
@@ -128,7 +127,7 @@ class CrashLedger:
         it, and its rows become suspects unless its node died. Returns the suspects' crash counts;
         with none, `attempt` holds all of `ids` (one call for the common case)."""
         for earlier in {self.held_by[i] for i in ids if i in self.held_by}:
-            rows, earlier_node = self.attempt_rows.pop(earlier), self.attempt_node.pop(earlier)
+            earlier_node, rows = self.attempts.pop(earlier)
             for row in rows:
                 del self.held_by[row]
             if not self._node_dead(earlier_node):
@@ -141,18 +140,16 @@ class CrashLedger:
 
     def hold(self, attempt: str, node: str, ids: list[str]) -> None:
         self.held_by.update(dict.fromkeys(ids, attempt))
-        self.attempt_rows.setdefault(attempt, set()).update(ids)
-        self.attempt_node[attempt] = node
+        self.attempts.setdefault(attempt, (node, set()))[1].update(ids)
 
     def release(self, attempt: str, ids: list[str]) -> None:
-        rows = self.attempt_rows.get(attempt, set())
+        _, rows = self.attempts.get(attempt, ("", set()))
         for row in ids:
             rows.discard(row)
             if self.held_by.get(row) == attempt:
                 del self.held_by[row]
         if not rows:
-            self.attempt_rows.pop(attempt, None)
-            self.attempt_node.pop(attempt, None)
+            self.attempts.pop(attempt, None)
 
     def counts(self) -> dict[str, int]:
         return {"replica_restarts": self.restarts, "node_losses": self.node_losses}

@@ -29,27 +29,24 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
 
 
-def crash_once(request: JudgeRequest) -> str:
-    """Dies the first time it sees the row; the row names the marker file that remembers it."""
-    found = CRASH.search(request.prompt)
+def die_on_marked(text: str) -> None:
+    """Kill this process on a POISON text, and on a CRASH-ONCE text the first time: the text names the
+    marker file that remembers it."""
+    found = CRASH.search(text)
     if found and not Path(found.group(1)).exists():
         Path(found.group(1)).write_text("crashed")
         _die()
-    return seeded_scores(request)
-
-
-def crash_always(request: JudgeRequest) -> str:
-    if "POISON" in request.prompt:
+    if "POISON" in text:
         _die()
+
+
+def crash_on_marked(request: JudgeRequest) -> str:
+    die_on_marked(request.prompt)
     return seeded_scores(request)
 
 
-def engine_crashing_once() -> SimulatedEngine:
-    return SimulatedEngine(crash_once)
-
-
-def engine_with_poison() -> SimulatedEngine:
-    return SimulatedEngine(crash_always)
+def engine_dying_on_marked_rows() -> SimulatedEngine:
+    return SimulatedEngine(crash_on_marked)
 
 
 def simulated() -> SimulatedEngine:
@@ -62,11 +59,7 @@ class DecodeDying(DecodeStage):
 
     def process(self, table: pa.Table) -> pa.Table:
         for question in table.column("question").to_pylist():
-            found = CRASH.search(question or "")
-            if "POISON" in (question or "") or (found and not Path(found.group(1)).exists()):
-                if found:
-                    Path(found.group(1)).write_text("crashed")
-                _die()
+            die_on_marked(question or "")
         return super().process(table)
 
 
@@ -91,7 +84,7 @@ def landed(output: Path) -> dict[str, str]:
 
 def test_dead_replica_is_restarted_and_its_rows_retried(tmp_path, ray_session, monkeypatch):
     shard(tmp_path / "in.parquet", f"CRASH-ONCE {tmp_path / 'crashed'}")
-    result = run_curation(config(tmp_path), engine_factory=engine_crashing_once)
+    result = run_curation(config(tmp_path), engine_factory=engine_dying_on_marked_rows)
     assert (tmp_path / "crashed").exists(), "the replica never crashed"
     assert result.succeeded
     where = landed(tmp_path / "out")
@@ -102,7 +95,7 @@ def test_dead_replica_is_restarted_and_its_rows_retried(tmp_path, ray_session, m
 
 def test_row_that_kills_the_replica_every_time_is_quarantined(tmp_path, ray_session):
     shard(tmp_path / "in.parquet", "POISON")
-    result = run_curation(config(tmp_path), engine_factory=engine_with_poison)
+    result = run_curation(config(tmp_path), engine_factory=engine_dying_on_marked_rows)
     assert result.succeeded
     where = landed(tmp_path / "out")
     assert sorted(where) == [f"r{i}" for i in range(8)]

@@ -71,7 +71,7 @@ def test_finished_attempts_leave_nothing_in_the_ledger():
     for attempt in ("t1", "t2"):
         ledger.take(attempt, "n1", [f"{attempt}-a", f"{attempt}-b"])
         ledger.release(attempt, [f"{attempt}-a", f"{attempt}-b"])
-    assert ledger.held_by == {} and ledger.attempt_rows == {} and ledger.attempt_node == {}
+    assert ledger.held_by == {} and ledger.attempts == {}
 
 
 class FakeLedgerMethod:
