@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -21,9 +22,41 @@ from pathlib import Path
 from typing import Iterator
 
 
+# Ray's workers listen on 10002-19999 unless told otherwise (`--min-worker-port`, `--max-worker-port`).
+_ABOVE_RAY_WORKER_PORTS = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+    """A port nothing is bound to on any interface, below the kernel's ephemeral range.
+
+    A port from `bind(0)` is an ephemeral one, and a node that starts opens many outgoing connections,
+    each taking an ephemeral port as its local end: one of them could take the port between this pick
+    and the bind of the Ray process it is for. When that process is the runtime env agent it exits, so
+    every job fails with "runtime_env setup failed" and the raylet, then the node, soon follow.
+    """
+    ephemeral = _ephemeral_ports()
+    below = range(_ABOVE_RAY_WORKER_PORTS, ephemeral.start)
+    for port in random.sample(below, len(below)) if len(below) >= 1000 else []:
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))  # all interfaces: Ray binds the node's IP, not only loopback
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # an unusual ephemeral range leaves no room below it
+        sock.bind(("", 0))
         return sock.getsockname()[1]
 
 
@@ -155,7 +188,16 @@ class LocalCluster:
         raise RuntimeError(f"cluster did not reach {count} node(s) in {timeout_s}s ({last}):\n{self.logs()}")
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.root.glob("*.log")))
+        """What each `ray start` printed, then what says why a Ray process died: Ray's record of the
+        processes that exited and every non-empty .err of the session. Last, since a failing test
+        shows the end of this."""
+        starts = sorted(self.root.glob("*.log"))
+        session = self.root / "session_latest" / "logs"
+        deaths = [session / "ray_process_exit.log", *sorted(session.glob("*.err"))]
+        parts = [f"== {path.name}\n{path.read_text(errors='replace')[-3000:]}" for path in starts]
+        parts += [f"== {path.name}\n{text[-2000:]}" for path in deaths
+                  if path.is_file() and (text := path.read_text(errors="replace").strip())]
+        return "\n".join(parts)
 
     def _own_pids(self) -> set[int]:
         """Processes of this cluster that left the `ray start` process groups (workers, job drivers)."""
