@@ -159,11 +159,23 @@ def _wait(client: Any, job_id: str, poll_s: float = 1.0) -> int:
             break
         time.sleep(poll_s)
     code = job_exit_code(status, info.driver_exit_code)
-    # Ray appends the job's last logs to the message; they were streamed already.
-    first_line = (info.message or "").strip().splitlines()[:1]
-    message = f": {first_line[0]}" if first_line and status != "SUCCEEDED" else ""
-    print(f"flexcurate: job {job_id} {status} (exit code {code}){message}", file=sys.stderr, flush=True)
+    reason = failure_reason(info.message, info.error_type) if status != "SUCCEEDED" else ""
+    print(f"flexcurate: job {job_id} {status} (exit code {code}){f': {reason}' if reason else ''}",
+          file=sys.stderr, flush=True)
     return code
+
+
+def failure_reason(message: str | None, error_type: str | None) -> str:
+    """What to say of a job that did not succeed. When its entrypoint ran, Ray appends the driver's
+    last logs to the message, and they were streamed already: the first line says it. Otherwise (the
+    runtime env could not be set up, the supervisor could not start) nothing was streamed and Ray's
+    cause is on the lines after the first, so all of it is the reason."""
+    from ray.job_submission import JobErrorType
+
+    lines = (message or "").strip().splitlines()
+    if error_type == JobErrorType.JOB_ENTRYPOINT_COMMAND_ERROR:
+        return lines[0] if lines else ""
+    return "\n".join(lines)
 
 
 def run_submit(args: argparse.Namespace) -> int:

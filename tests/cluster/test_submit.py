@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from jobs.cli import build_parser
-from jobs.submit import build_entrypoint, build_runtime_env, job_exit_code, run_submit
+from jobs.submit import build_entrypoint, build_runtime_env, failure_reason, job_exit_code, run_submit
 from tests.cluster.helpers import REPO, submit_parser
 
 DEMO = "jobs/configs/demo.yaml"
@@ -81,3 +81,14 @@ def test_unreachable_cluster_is_a_rejection(capsys):
     args = parse("--address", "http://127.0.0.1:9", "--config", DEMO, "--output", "s3://b/o")
     assert run_submit(args) == 2
     assert "cannot reach the Ray cluster at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_failed_entrypoint_is_its_first_line_since_its_logs_were_streamed():
+    message = "Job entrypoint command failed with exit code 2, last available logs:\nflexcurate: input x does not exist"
+    assert failure_reason(message, "JOB_ENTRYPOINT_COMMAND_ERROR") == message.splitlines()[0]
+
+
+@pytest.mark.parametrize("error_type", ["RUNTIME_ENV_SETUP_FAILURE", "JOB_SUPERVISOR_ACTOR_DIED", None])
+def test_a_job_that_failed_before_its_driver_ran_keeps_rays_cause(error_type):
+    message = "runtime_env setup failed: Failed to set up runtime environment.\nOSError: Failed to download gcs://p.zip\n"
+    assert failure_reason(message, error_type) == message.strip()

@@ -117,6 +117,19 @@ def test_without_wait_returns_the_id_at_once(cluster: LocalCluster, tmp_path: Pa
     assert info.status.value == "FAILED" and info.driver_exit_code == 2
 
 
+def test_a_job_whose_runtime_env_cannot_be_set_up_says_why(cluster: LocalCluster, tmp_path: Path):
+    """Ray fails such a job before its driver runs, so no log was streamed: Ray's cause, which it puts
+    after the message's first line, is what the user has to go on."""
+    missing = "gcs://_ray_pkg_00000000deadbeef.zip"  # a working dir the cluster never received
+    result = submit(cluster, "--config", "jobs/configs/demo.yaml", "--input", str(tmp_path),
+                    "--output", str(tmp_path / "out"), "--runtime-env-json", json.dumps({"working_dir": missing}),
+                    "--wait")
+    assert result.returncode == 1
+    outcome = result.stderr[result.stderr.index("flexcurate: job "):]
+    assert "FAILED" in outcome and "runtime_env setup failed" in outcome
+    assert missing in outcome.split("\n", 1)[1], "the cause, not only Ray's first line"
+
+
 PLACEMENT_WIRED = any(
     "check_current_cluster" in path.read_text() for path in (REPO / "jobs").glob("*.py") if path.name != "placement.py"
 )
