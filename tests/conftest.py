@@ -1,12 +1,9 @@
 """One local Ray per test session, shared by every test that needs it."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.checkout import checkout_pythonpath
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +15,7 @@ def ray_session():
 
     if not ray.is_initialized():
         # Workers import the project (and tests' scripted engines) from the checkout.
-        pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        env = {**worker_env(), "PYTHONPATH": pythonpath}  # the job's workers' settings (jobs/runtime.py init_ray)
+        env = {**worker_env(), "PYTHONPATH": checkout_pythonpath()}  # the job's workers' settings (jobs/runtime.py init_ray)
         ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, _system_config=dict(RAY_SYSTEM_CONFIG))
     yield ray
     ray.shutdown()

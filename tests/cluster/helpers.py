@@ -5,12 +5,10 @@ import argparse
 import contextlib
 import io
 import re
-from pathlib import Path
 
 from jobs.cli import build_parser
 from jobs.submit import add_submit_parser
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.checkout import ROOT as REPO
 
 
 def submit_is_wired() -> bool:

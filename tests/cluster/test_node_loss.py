@@ -7,7 +7,6 @@ there. Killing that node with everything it started is what a spot node vanishin
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.checkout import checkout_pythonpath
 from tests.cluster.helpers import REPO
 from tests.cluster.local_cluster import LocalCluster, running_cluster
 from tests.processes import manifest_count
@@ -48,7 +48,7 @@ def write_input(directory: Path) -> set[str]:
 
 
 def driver(cluster: LocalCluster, inputs: Path, output: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {**cluster.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**cluster.env, "PYTHONPATH": checkout_pythonpath()}
     return subprocess.Popen(
         [sys.executable, "-m", "jobs", "run", "--address", cluster.gcs_address, "--config", "jobs/configs/demo.yaml",
          "--input", str(inputs), "--output", str(output), *SLOW, *extra],

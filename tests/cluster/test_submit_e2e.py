@@ -6,7 +6,6 @@ repo uploaded as their working dir, with this venv's `python`, exactly as on a V
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.checkout import checkout_pythonpath
 from tests.cluster.helpers import REPO, submit_is_wired
 from tests.cluster.local_cluster import LocalCluster, running_cluster
 
@@ -43,7 +43,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def submit(cluster: LocalCluster, *argv: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "jobs"] if submit_is_wired() else [sys.executable, "-c", SHIM]
-    env = {**cluster.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), cluster.env.get("PYTHONPATH")]))}
+    env = {**cluster.env, "PYTHONPATH": checkout_pythonpath(cluster.env)}
     result = subprocess.run(
         [*command, "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO), *argv],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
@@ -147,7 +147,7 @@ def test_gpu_pool_on_a_gpu_less_cluster_fails_fast(cluster: LocalCluster, shards
 
 def without_token(cluster: LocalCluster) -> dict[str, str]:
     env = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
-    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))}
+    return {**env, "PYTHONPATH": checkout_pythonpath(env)}
 
 
 @pytest.mark.parametrize("command", ["submit", "run"])

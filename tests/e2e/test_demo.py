@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.checkout import ROOT, checkout_pythonpath
+
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
-ROOT = Path(__file__).resolve().parents[2]
 SCREEN_LINES = 24
 
 
 def test_demo_output_fits_on_one_screen_apart_from_the_summary(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": checkout_pythonpath()}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-m", "jobs", "demo", "--output", str(tmp_path / "demo"), "--rows", "12"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

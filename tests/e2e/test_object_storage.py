@@ -11,7 +11,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
@@ -21,10 +20,10 @@ from pyarrow import fs as pafs
 
 from jobs import demo_media
 from jobs.demo import DEMO_CONFIG
+from tests.checkout import ROOT, checkout_pythonpath
 from tests.processes import kill_after_commits
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3]
-ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "curation"
 OUTCOMES = ("kept", "dropped", "errors")
 SLOW = ["--set", "judge.engine.simulation.seconds_per_token=0.004", "--set", "judge.engine.simulation.median_tokens=60",
@@ -66,7 +65,7 @@ def s3() -> Iterator[tuple[pafs.S3FileSystem, dict[str, str]]]:
     filesystem = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
                                    endpoint_override=endpoint, scheme="http")
     env = {**os.environ, **settings,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": checkout_pythonpath()}
     try:
         yield filesystem, env
     finally:

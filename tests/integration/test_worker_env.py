@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.checkout import ROOT, checkout_pythonpath
+
 POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 ARENA_VARIABLE = "MALLOC_ARENA_MAX"
 
@@ -19,7 +19,7 @@ def last_word_of_job(script: str, users_env: dict[str, str | None]) -> str:
     """Runs `script` as a job's own process with the user's environment changed as `users_env` says
     (None unsets a variable), and gives back the last word it printed."""
     env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = checkout_pythonpath(env)
     for name, value in users_env.items():
         env.pop(name, None)
         if value is not None:
