@@ -23,7 +23,14 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
-from pipelines.quarantine import ReplicaCrash, SharedExclusiveLock, WorkerCrash, beat
+from pipelines.quarantine import (
+    SETUP_DEATHS_LIMIT,
+    ReplicaCrash,
+    SetupDied,
+    SharedExclusiveLock,
+    WorkerCrash,
+    beat,
+)
 from pipelines.shards import DirectoryColumns
 from stages.base import Settlement, Stage
 from stages.rows import ERROR_STAGE
@@ -152,11 +159,17 @@ class _ActorStage:
         self.stopped = threading.Event()
         if self.ledger is not None:
             if context.was_current_actor_reconstructed:
-                ray.get(self.ledger.restarted.remote(self.actor))
+                setup_deaths = ray.get(self.ledger.restarted.remote(self.actor))
+                if setup_deaths >= SETUP_DEATHS_LIMIT:
+                    error = SetupDied(stage.name, setup_deaths)
+                    ray.get(self.ledger.fail.remote(error))
+                    raise error  # an actor whose __init__ raises is not restarted, and Ray Data ends the run
             ray.get(self.ledger.register.remote(self.actor, context.current_actor))
             threading.Thread(target=beat, args=(self.ledger, self.actor, context.get_node_id(), self.stopped),
                              name="heartbeat", daemon=True).start()
         stage.setup()
+        if self.ledger is not None:
+            ray.get(self.ledger.set_up.remote(self.actor))  # before any batch: a later death is no setup death
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.ledger is None:

@@ -47,14 +47,18 @@ class PoolWatch:
 
     @contextmanager
     def watching(self) -> Iterator[None]:
-        """Run the body under watch; an error it ends with after a replica was given up is ReplicaLost."""
+        """Run the body under watch; an error it ends with after a replica was given up is ReplicaLost,
+        and after a pool actor ended the run (`CrashLedger.fail`), that actor's error."""
         self._thread.start()
         try:
             yield
         except Exception as exc:
-            if self.problem is None:
+            if self.problem is not None:
+                raise ReplicaLost(self.problem) from exc
+            failure = ray.get(self.ledger.failed.remote())
+            if failure is None:
                 raise
-            raise ReplicaLost(self.problem) from exc
+            raise failure from exc
         finally:
             self._stop.set()
             self._thread.join()

@@ -13,6 +13,9 @@ Each replica also beats a heartbeat. A replica that went silent with rows in fli
 be restarted; if no node can take it (its node is gone and none comes back), Ray would wait forever:
 `down_replicas` names it once it has been silent too long, and `give_up` ends it for good, which
 fails the run instead (pipelines/pool_watch.py).
+A replica whose process dies while it sets up its stage (loads the model, starts the engine: the OOM
+killer, a GPU driver fault) has no row to blame, and Ray would restart it without end: at
+`SETUP_DEATHS_LIMIT` deaths in a row it refuses to start again, which fails the run.
 A stage run as tasks (the decode, which hands the data's bytes to C decoders) is retried by Ray Data
 in a new attempt, without end, when its worker process dies. Each attempt holds its rows in the
 ledger while it works on them; an attempt that finds one of its rows still held by an earlier one
@@ -36,6 +39,7 @@ from stages.rows import RowError
 CRASH_REASON = "replica_crash"
 WORKER_CRASH_REASON = "worker_crash"
 HEARTBEAT_S = 2.0
+SETUP_DEATHS_LIMIT = 3  # a replica dying this many times in a row while it sets up is not started again
 
 
 class ReplicaCrash(RowError):
@@ -60,6 +64,22 @@ class WorkerCrash(RowError):
         )
 
 
+class SetupDied(RuntimeError):
+    """A pool actor's process died each time it set up its stage: the run stops instead of trying again."""
+
+    def __init__(self, stage: str, deaths: int) -> None:
+        super().__init__(stage, deaths)  # what it is rebuilt from in the process it travels to
+        self.stage, self.deaths = stage, deaths
+
+    def __str__(self) -> str:
+        return (
+            f"a replica of the {self.stage} stage died {self.deaths} times in a row while setting up (loading its "
+            "model, starting its engine), before any row reached it, and is not started again; its worker's log "
+            "says why (logs/worker-*.err in Ray's session on its node): the OOM killer and GPU driver faults are "
+            "the usual causes"
+        )
+
+
 @ray.remote(num_cpus=0)
 class CrashLedger:
     def __init__(self) -> None:
@@ -70,6 +90,9 @@ class CrashLedger:
         self.restarts = 0
         self.node_losses = 0
         self.handles: dict[str, Any] = {}
+        self.setting_up: set[str] = set()
+        self.setup_deaths: Counter[str] = Counter()  # consecutive, per actor
+        self.failure: Exception | None = None
         # Task attempts: row id -> the attempt holding it; attempt -> (its node, the rows it holds).
         self.held_by: dict[str, str] = {}
         self.attempts: dict[str, tuple[str, set[str]]] = {}
@@ -77,8 +100,20 @@ class CrashLedger:
         self.attempt_deaths = 0
 
     def register(self, actor: str, handle: Any) -> None:
-        """An actor of the pool, with its handle: the one way to give it up (`give_up`)."""
+        """An actor of the pool, with its handle (the one way to give it up: `give_up`), about to set up."""
         self.handles[actor] = handle
+        self.setting_up.add(actor)
+
+    def set_up(self, actor: str) -> None:
+        self.setting_up.discard(actor)
+        self.setup_deaths.pop(actor, None)
+
+    def fail(self, error: Exception) -> None:
+        """What a pool actor ended the run with, for the driver: Ray Data's own error names only the actor."""
+        self.failure = self.failure or error
+
+    def failed(self) -> Exception | None:
+        return self.failure
 
     def heartbeat(self, actor: str, node: str) -> None:
         self.last_seen[actor], self.node_of[actor] = time.monotonic(), node
@@ -95,14 +130,19 @@ class CrashLedger:
         self.in_flight[actor].subtract(ids)
         self.in_flight[actor] = +self.in_flight[actor]
 
-    def restarted(self, actor: str) -> None:
-        """The actor died and came back: what it had in flight is suspect, unless its node died."""
+    def restarted(self, actor: str) -> int:
+        """The actor died and came back: what it had in flight is suspect, unless its node died.
+        Returns how many times in a row it has died while still setting up."""
         self.restarts += 1
         lost = self.in_flight.pop(actor, Counter())
+        died_setting_up = actor in self.setting_up
         if self._node_dead(self.node_of.get(actor)):
             self.node_losses += 1
-            return
+            return self.setup_deaths[actor]
         self.crashes.update(lost.keys())
+        if died_setting_up:
+            self.setup_deaths[actor] += 1
+        return self.setup_deaths[actor]
 
     @staticmethod
     def _node_dead(node: str | None) -> bool:

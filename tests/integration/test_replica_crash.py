@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import threading
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,6 +15,8 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.curate import run_curation
+from pipelines.errors import RunInterrupted
+from pipelines.quarantine import SETUP_DEATHS_LIMIT
 from stages.decode import DecodeStage
 from stages.engines.api import JudgeRequest
 from stages.engines.simulated import SimulatedEngine
@@ -51,6 +54,16 @@ def engine_dying_on_marked_rows() -> SimulatedEngine:
 
 def simulated() -> SimulatedEngine:
     return SimulatedEngine(seeded_scores)
+
+
+def engine_dying_as_it_starts(once: Path | None) -> SimulatedEngine:
+    """Kills the replica's process while it starts its engine: each time, or only the first (`once`
+    remembers it), as the OOM killer does to a replica loading its model."""
+    if once is None or not once.exists():
+        if once is not None:
+            once.write_text("died")
+        _die()
+    return simulated()
 
 
 class DecodeDying(DecodeStage):
@@ -104,6 +117,22 @@ def test_row_that_kills_the_replica_every_time_is_quarantined(tmp_path, ray_sess
     assert error["error_stage"] == "judge" and "[replica_crash]" in error["error"]
     assert error["error_reason"] == "replica_crash"
     assert result.report["error_reasons"] == {"replica_crash": 1}
+
+
+def test_a_replica_that_dies_once_while_starting_is_restarted_and_the_run_finishes(tmp_path, ray_session):
+    shard(tmp_path / "in.parquet", "plain")
+    result = run_curation(config(tmp_path), engine_factory=partial(engine_dying_as_it_starts, tmp_path / "died"))
+    assert (tmp_path / "died").exists(), "the replica never died"
+    assert result.succeeded
+    where = landed(tmp_path / "out")
+    assert sorted(where) == [f"r{i}" for i in range(8)] and "errors" not in where.values()
+    assert result.report["judge"]["replica_restarts"] >= 1
+
+
+def test_a_replica_that_dies_each_time_it_starts_fails_the_run_saying_why(tmp_path, ray_session):
+    shard(tmp_path / "in.parquet", "plain")
+    with pytest.raises(RunInterrupted, match=rf"judge stage died {SETUP_DEATHS_LIMIT} times in a row while setting up"):
+        finished_within(240, run_curation, config(tmp_path), engine_factory=partial(engine_dying_as_it_starts, None))
 
 
 def finished_within(seconds: float, run, *args, **kwargs):

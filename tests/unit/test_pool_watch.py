@@ -2,6 +2,7 @@
 that stops a run waiting for a replica."""
 from __future__ import annotations
 
+import pickle
 import time
 
 import pytest
@@ -74,18 +75,51 @@ def test_finished_attempts_leave_nothing_in_the_ledger():
     assert ledger.held_by == {} and ledger.attempts == {}
 
 
+def ledger_with_a_replica_setting_up(monkeypatch: pytest.MonkeyPatch, node_alive: bool) -> object:
+    monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": node_alive}])
+    ledger = Ledger()
+    ledger.heartbeat("a1", "n1")
+    ledger.register("a1", None)
+    return ledger
+
+
+def test_a_replica_dying_while_it_sets_up_counts_in_a_row_until_a_setup_finishes(monkeypatch):
+    ledger = ledger_with_a_replica_setting_up(monkeypatch, node_alive=True)
+    assert ledger.restarted("a1") == 1
+    ledger.register("a1", None)
+    assert ledger.restarted("a1") == 2
+    ledger.register("a1", None)
+    ledger.set_up("a1")
+    assert ledger.restarted("a1") == 0, "a death after its setup finished is no setup death"
+    assert ledger.counts()["replica_restarts"] == 3
+
+
+def test_a_replica_whose_node_died_while_it_set_up_is_no_setup_death(monkeypatch):
+    ledger = ledger_with_a_replica_setting_up(monkeypatch, node_alive=False)
+    assert ledger.restarted("a1") == 0
+    assert ledger.counts()["node_losses"] == 1
+
+
+def test_a_setup_death_survives_the_trip_to_the_driver():
+    error = pickle.loads(pickle.dumps(quarantine.SetupDied("judge", 3)))
+    assert str(error) == str(quarantine.SetupDied("judge", 3))
+    assert "judge stage died 3 times in a row while setting up" in str(error)
+
+
 class FakeLedgerMethod:
     def __init__(self, call):
         self.remote = call
 
 
 class FakeLedger:
-    """Answers like the ledger actor: `down_replicas` names one replica down once `down` is set."""
+    """Answers like the ledger actor: `down_replicas` names one replica down once `down` is set, and
+    `failed` gives `failure`, what a pool actor ended the run with."""
 
-    def __init__(self, down: bool) -> None:
+    def __init__(self, down: bool, failure: Exception | None = None) -> None:
         self.given_up: list[str] = []
         self.down_replicas = FakeLedgerMethod(lambda silent_for_s: {"a1b2c3d4e5f6a7": 42.0} if down else {})
         self.give_up = FakeLedgerMethod(self.given_up.append)
+        self.failed = FakeLedgerMethod(lambda: failure)
 
 
 @pytest.fixture
@@ -112,3 +146,10 @@ def test_without_a_down_replica_errors_pass_through_unchanged(local_get):
             time.sleep(0.05)
             raise ValueError("a stage's own failure")
     assert ledger.given_up == []
+
+
+def test_an_error_after_a_pool_actor_ended_the_run_is_that_actors_error(local_get):
+    ledger = FakeLedger(down=False, failure=quarantine.SetupDied("judge", 3))
+    with pytest.raises(quarantine.SetupDied, match="died 3 times in a row while setting up"):
+        with PoolWatch(ledger, 20, poll_s=0.01).watching():
+            raise RuntimeError("ActorDiedError: the actor died because of an error raised in its creation task")
