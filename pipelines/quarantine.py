@@ -135,12 +135,11 @@ class CrashLedger:
         Returns how many times in a row it has died while still setting up."""
         self.restarts += 1
         lost = self.in_flight.pop(actor, Counter())
-        died_setting_up = actor in self.setting_up
         if self._node_dead(self.node_of.get(actor)):
             self.node_losses += 1
             return self.setup_deaths[actor]
         self.crashes.update(lost.keys())
-        if died_setting_up:
+        if actor in self.setting_up:
             self.setup_deaths[actor] += 1
         return self.setup_deaths[actor]
 

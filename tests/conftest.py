@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.checkout import checkout_pythonpath
+from bench.paths import checkout_pythonpath
 
 
 @pytest.fixture(scope="session")

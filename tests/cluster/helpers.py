@@ -6,9 +6,9 @@ import contextlib
 import io
 import re
 
+from bench.paths import ROOT as REPO
 from jobs.cli import build_parser
 from jobs.submit import add_submit_parser
-from tests.checkout import ROOT as REPO
 
 
 def submit_is_wired() -> bool:

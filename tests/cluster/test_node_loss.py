@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.checkout import checkout_pythonpath
+from bench.paths import checkout_pythonpath
 from tests.cluster.helpers import REPO
 from tests.cluster.local_cluster import LocalCluster, running_cluster
 from tests.processes import manifest_count

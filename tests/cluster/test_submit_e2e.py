@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.checkout import checkout_pythonpath
+from bench.paths import checkout_pythonpath
 from tests.cluster.helpers import REPO, submit_is_wired
 from tests.cluster.local_cluster import LocalCluster, running_cluster
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.checkout import ROOT, checkout_pythonpath
+from bench.paths import ROOT, checkout_pythonpath
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine]
 SCREEN_LINES = 24

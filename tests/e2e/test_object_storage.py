@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow import fs as pafs
 
+from bench.paths import ROOT, checkout_pythonpath
 from jobs import demo_media
 from jobs.demo import DEMO_CONFIG
-from tests.checkout import ROOT, checkout_pythonpath
 from tests.processes import kill_after_commits
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.checkout import ROOT, checkout_pythonpath
+from bench.paths import ROOT, checkout_pythonpath
 
 POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 ARENA_VARIABLE = "MALLOC_ARENA_MAX"
