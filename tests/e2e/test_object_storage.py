@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pyarrow import fs as pafs
 from bench.paths import ROOT, checkout_pythonpath
 from jobs import demo_media
 from jobs.demo import DEMO_CONFIG
+from tests.ports import free_port
 from tests.processes import kill_after_commits
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3]
@@ -34,9 +34,7 @@ SLOW = ["--set", "judge.engine.simulation.seconds_per_token=0.004", "--set", "ju
 def start_moto_server() -> tuple[subprocess.Popen, str]:
     """moto's S3 server in a process of its own: in this one, its Flask app's context proxies would
     break vLLM's engine start in later tests (vLLM's CPU platform walks every module's globals)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"

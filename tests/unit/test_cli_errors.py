@@ -1,7 +1,6 @@
 """Every CLI failure ends in one line saying what to do, with the documented exit code."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +10,10 @@ import pytest
 from jobs import cli
 from jobs.runtime import ExitCode
 from pipelines.errors import RunInterrupted
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "jobs" / "configs" / "demo.yaml")
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again on return: nothing listens there
 
 
 def flexcurate(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +46,7 @@ def test_a_missing_config_file_is_one_line(capsys):
 
 
 def test_an_unreachable_cluster_is_one_line_and_fails_fast():
-    port = closed_port()
+    port = free_port()  # nothing listens there
     done = flexcurate("run", "--config", DEMO, "--input", "x", "--output", "y", "--address", f"127.0.0.1:{port}")
     assert done.returncode == ExitCode.REJECTED
     line = one_line(done.stderr)
@@ -60,7 +54,7 @@ def test_an_unreachable_cluster_is_one_line_and_fails_fast():
 
 
 def test_submit_to_an_unreachable_jobs_api_is_one_line():
-    port = closed_port()
+    port = free_port()  # nothing listens there
     done = flexcurate("submit", "--address", f"http://127.0.0.1:{port}", "--config", DEMO, "--input", "x",
                       "--output", "y")
     assert done.returncode == ExitCode.REJECTED

@@ -1,12 +1,12 @@
-"""The local cluster's port picks: a port handed to a Ray process must still be free when it binds."""
+"""Port picks for the servers tests start: a port handed to a Ray process or moto must still be free when it binds."""
 from __future__ import annotations
 
 import socket
 
 import pytest
 
-from tests.cluster import local_cluster
-from tests.cluster.local_cluster import _ephemeral_ports, free_port
+from tests import ports
+from tests.ports import _ephemeral_ports, free_port
 
 
 def test_ports_are_below_the_ephemeral_range_and_never_handed_out_twice():
@@ -26,6 +26,6 @@ def test_a_port_something_listens_on_is_passed_over(monkeypatch: pytest.MonkeyPa
                 continue
         taken.listen()
         first_pick = lambda population, k: [port, *(p for p in population if p != port)]  # noqa: E731
-        monkeypatch.setattr(local_cluster.random, "sample", first_pick)
-        monkeypatch.setattr(local_cluster, "_handed_out", set())  # only the bind can pass it over
+        monkeypatch.setattr(ports.random, "sample", first_pick)
+        monkeypatch.setattr(ports, "_handed_out", set())  # only the bind can pass it over
         assert free_port() != port
