@@ -48,19 +48,23 @@ def run_stage_batch(stage: Stage, batch: pa.Table, metrics: Any | None) -> pa.Ta
 
 
 def _run_task(batch: pa.Table, stage: Stage, metrics: Any | None, ledger: Any | None = None) -> pa.Table:
-    stage.setup()  # task stages keep setup cheap (imports are cached per worker process)
     try:
         if ledger is None:
+            stage.setup()  # task stages keep setup cheap (imports are cached per worker process)
             return run_stage_batch(stage, batch, metrics)
         return _held_attempt(batch, stage, metrics, ledger)
     finally:
         release_freed_memory()
 
 
+# The stages this worker process has set up: only its first task of each can die setting up.
+_SET_UP_HERE: set[str] = set()
+
+
 def _held_attempt(batch: pa.Table, stage: Stage, metrics: Any | None, ledger: Any) -> pa.Table:
     """One attempt at a task of a stage whose rows can kill its worker process: the rows it works on
     are held in the ledger (pipelines/quarantine.py), so the attempt Ray Data retries it with knows
-    which rows were in the process when it died."""
+    which rows were in the process when it died, or that it died setting up."""
     attempt, node = uuid.uuid4().hex, ray.get_runtime_context().get_node_id()
     ids = batch.column("id").to_pylist()
 
@@ -73,7 +77,14 @@ def _held_attempt(batch: pa.Table, stage: Stage, metrics: Any | None, ledger: An
         ray.get(ledger.hold.remote(attempt, node, row_ids))  # recorded before any work can crash
         return released(rows, row_ids)
 
-    crashes = ray.get(ledger.take.remote(attempt, node, ids))
+    setting_up = stage.name not in _SET_UP_HERE
+    crashes, failure = ray.get(ledger.take.remote(attempt, node, ids, setting_up, stage.name))
+    if failure is not None:
+        raise failure  # the driver reports the ledger's copy (pipelines/pool_watch.py)
+    stage.setup()
+    if setting_up:
+        ray.get(ledger.task_set_up.remote(attempt, keep_held=not crashes))
+        _SET_UP_HERE.add(stage.name)
     if not crashes:  # take() holds them
         return released(batch, ids)
     return _suspects_apart(batch, ids, crashes, stage.quarantine_after, held,

@@ -20,7 +20,9 @@ A stage run as tasks (the decode, which hands the data's bytes to C decoders) is
 in a new attempt, without end, when its worker process dies. Each attempt holds its rows in the
 ledger while it works on them; an attempt that finds one of its rows still held by an earlier one
 knows that attempt's worker died with it (Ray retries a task only then), and those rows become
-suspects, processed alone and quarantined as for the pool (`[worker_crash]`).
+suspects, processed alone and quarantined as for the pool (`[worker_crash]`). A worker process
+holds its first task's rows while it sets up the stage too: an attempt that died there has no row to
+blame, and at `SETUP_DEATHS_LIMIT` such deaths in a row on a node the run fails, as for the pool.
 The ledger is pinned to the driver's node, so it lives exactly as long as the run.
 """
 from __future__ import annotations
@@ -65,13 +67,21 @@ class WorkerCrash(RowError):
 
 
 class SetupDied(RuntimeError):
-    """A pool actor's process died each time it set up its stage: the run stops instead of trying again."""
+    """A pool actor's process, or a task's worker process (`task`), died each time it set up its stage:
+    the run stops instead of trying again."""
 
-    def __init__(self, stage: str, deaths: int) -> None:
-        super().__init__(stage, deaths)  # what it is rebuilt from in the process it travels to
-        self.stage, self.deaths = stage, deaths
+    def __init__(self, stage: str, deaths: int, task: bool = False) -> None:
+        super().__init__(stage, deaths, task)  # what it is rebuilt from in the process it travels to
+        self.stage, self.deaths, self.task = stage, deaths, task
 
     def __str__(self) -> str:
+        if self.task:
+            return (
+                f"a worker process of the {self.stage} stage died {self.deaths} times in a row on one node while "
+                "setting up (importing its decoders), before working on any row, and the run stops; its worker's "
+                "log says why (logs/worker-*.err in Ray's session on its node): the OOM killer, or a native library "
+                "(FFmpeg, libsndfile, libjpeg) that crashes as it loads"
+            )
         return (
             f"a replica of the {self.stage} stage died {self.deaths} times in a row while setting up (loading its "
             "model, starting its engine), before any row reached it, and is not started again; its worker's log "
@@ -98,6 +108,8 @@ class CrashLedger:
         self.attempts: dict[str, tuple[str, set[str]]] = {}
         self.attempt_crashes: Counter[str] = Counter()
         self.attempt_deaths = 0
+        self.attempts_setting_up: set[str] = set()
+        self.task_setup_deaths: Counter[str] = Counter()  # consecutive, per node
 
     def register(self, actor: str, handle: Any) -> None:
         """An actor of the pool, with its handle (the one way to give it up: `give_up`), about to set up."""
@@ -161,21 +173,44 @@ class CrashLedger:
             if now - seen > silent_for_s and self.in_flight.get(actor)
         }
 
-    def take(self, attempt: str, node: str, ids: list[str]) -> dict[str, int]:
+    def take(
+        self, attempt: str, node: str, ids: list[str], setting_up: bool = False, stage: str = ""
+    ) -> tuple[dict[str, int], Exception | None]:
         """A task attempt on `node` takes `ids`: an earlier attempt still holding one of them died in
-        it, and its rows become suspects unless its node died. Returns the suspects' crash counts;
-        with none, `attempt` holds all of `ids` (one call for the common case)."""
+        it, and its rows become suspects unless its node died, or it died setting up. Returns the
+        suspects' crash counts, and the error the run has failed with (the attempt raises it), if any.
+        With no suspect, `attempt` holds all of `ids` (one call for the common case); when it is
+        `setting_up` its worker process's first `stage` task, it holds them until `task_set_up`."""
         for earlier in {self.held_by[i] for i in ids if i in self.held_by}:
             earlier_node, rows = self.attempts.pop(earlier)
             for row in rows:
                 del self.held_by[row]
-            if not self._node_dead(earlier_node):
-                self.attempt_deaths += 1
+            if self._node_dead(earlier_node):
+                self.attempts_setting_up.discard(earlier)
+                continue
+            self.attempt_deaths += 1
+            if earlier in self.attempts_setting_up:  # before its first row: no row to blame
+                self.attempts_setting_up.discard(earlier)
+                self.task_setup_deaths[earlier_node] += 1
+                if self.task_setup_deaths[earlier_node] >= SETUP_DEATHS_LIMIT:
+                    self.fail(SetupDied(stage, self.task_setup_deaths[earlier_node], task=True))
+            else:
                 self.attempt_crashes.update(rows)
         crashes = {i: self.attempt_crashes[i] for i in ids if self.attempt_crashes[i]}
-        if not crashes:
+        if setting_up:
+            self.attempts_setting_up.add(attempt)
+        if setting_up or not crashes:
             self.hold(attempt, node, ids)
-        return crashes
+        return crashes, self.failure
+
+    def task_set_up(self, attempt: str, keep_held: bool) -> None:
+        """`attempt`'s worker process set its stage up: a later death is its rows' doing. Unless
+        `keep_held`, its rows are released (its suspects are then held one at a time)."""
+        self.attempts_setting_up.discard(attempt)
+        node, rows = self.attempts.get(attempt, ("", set()))
+        self.task_setup_deaths.pop(node, None)
+        if not keep_held:
+            self.release(attempt, list(rows))
 
     def hold(self, attempt: str, node: str, ids: list[str]) -> None:
         self.held_by.update(dict.fromkeys(ids, attempt))

@@ -76,6 +76,22 @@ class DecodeDying(DecodeStage):
         return super().process(table)
 
 
+class DecodeDyingAsItSetsUp(DecodeStage):
+    """The decode, but its worker process dies as it sets up (imports its decoders): each time, or only
+    the first (`once` remembers it), as with a native library that crashes as it loads."""
+
+    def __init__(self, *args, once: Path | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.once = once
+
+    def setup(self) -> None:
+        if self.once is None or not self.once.exists():
+            if self.once is not None:
+                self.once.write_text("died")
+            _die()
+        super().setup()
+
+
 def shard(path: Path, special: str, rows: int = 8, at: int = 5) -> None:
     questions = [f"question {i}" for i in range(rows)]
     questions[at] = f"{special} question"
@@ -83,10 +99,11 @@ def shard(path: Path, special: str, rows: int = 8, at: int = 5) -> None:
                              "response_a": ["yes"] * rows, "response_b": ["no"] * rows}), path)
 
 
-def config(tmp_path: Path):
+def config(tmp_path: Path, *overrides: str):
     return load_config(
         overrides=["judge.engine.device=cpu", "judge.batch_size=4", "judge.batches_in_flight=2",
-                   "filter.require_order_agreement=false", "filter.min_margin=0", "max_error_fraction=0.5"],
+                   "filter.require_order_agreement=false", "filter.min_margin=0", "max_error_fraction=0.5",
+                   *overrides],
         **{"input.paths": [str(tmp_path / "in.parquet")], "output.path": str(tmp_path / "out")},
     )
 
@@ -187,3 +204,26 @@ def test_row_that_kills_the_decode_every_time_is_quarantined(tmp_path, ray_sessi
     assert result.report["judge"]["replica_restarts"] == 0
     assert result.report["task_worker_deaths"] == 2  # the row's batch, then the row alone
     assert result.report["object_store_budget"]["source"] == ("ray" if at == SAMPLED else "derived")
+
+
+# Not sized on a sample: the sample's decode, in a worker of its own, would set the stage up first.
+UNSAMPLED = "object_store_budget_mib=ray"
+
+
+def test_a_decode_worker_that_dies_once_as_it_sets_up_blames_no_row(tmp_path, ray_session, monkeypatch):
+    monkeypatch.setattr("pipelines.curate.DecodeStage", partial(DecodeDyingAsItSetsUp, once=tmp_path / "died"))
+    shard(tmp_path / "in.parquet", "plain", DECODE_ROWS, DYING_AT)
+    result = finished_within(240, run_curation, config(tmp_path, UNSAMPLED), engine_factory=simulated)
+    assert (tmp_path / "died").exists(), "the decode never died"
+    assert result.succeeded
+    where = landed(tmp_path / "out")
+    assert sorted(where) == sorted(f"r{i}" for i in range(DECODE_ROWS)) and "errors" not in where.values()
+    assert result.report["task_worker_deaths"] == 1
+
+
+def test_a_decode_worker_that_dies_each_time_it_sets_up_fails_the_run_saying_why(tmp_path, ray_session, monkeypatch):
+    # Ray Data retries a task whose worker died without end: without the ledger's count this run never ended.
+    monkeypatch.setattr("pipelines.curate.DecodeStage", DecodeDyingAsItSetsUp)
+    shard(tmp_path / "in.parquet", "plain", DECODE_ROWS, DYING_AT)
+    with pytest.raises(RunInterrupted, match=rf"decode stage died {SETUP_DEATHS_LIMIT} times in a row on one node while setting up"):
+        finished_within(240, run_curation, config(tmp_path), engine_factory=simulated)

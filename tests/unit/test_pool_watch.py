@@ -48,14 +48,14 @@ def test_a_replica_is_down_when_silent_too_long_with_rows_in_flight(monkeypatch)
 def test_a_task_attempt_that_died_holding_rows_makes_them_suspects_of_its_retry(monkeypatch):
     monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": True}])
     ledger = Ledger()
-    assert ledger.take("t1", "n1", ["r1", "r2", "r3"]) == {}  # held by t1 at once
+    assert ledger.take("t1", "n1", ["r1", "r2", "r3"])[0] == {}  # held by t1 at once
     ledger.release("t1", ["r3"])  # t1 dies with r1 and r2
-    assert ledger.take("t2", "n1", ["r1", "r2", "r3"]) == {"r1": 1, "r2": 1}  # Ray's retry of the task
+    assert ledger.take("t2", "n1", ["r1", "r2", "r3"])[0] == {"r1": 1, "r2": 1}  # Ray's retry of the task
     ledger.hold("t2", "n1", ["r3"])
     ledger.release("t2", ["r3"])
     ledger.hold("t2", "n1", ["r1"])  # suspects one at a time: r1 dies again
-    assert ledger.take("t3", "n1", ["r1", "r2", "r3"]) == {"r1": 2, "r2": 1}
-    assert ledger.take("t4", "n1", ["r4"]) == {} and ledger.held_by == {"r4": "t4"}
+    assert ledger.take("t3", "n1", ["r1", "r2", "r3"])[0] == {"r1": 2, "r2": 1}
+    assert ledger.take("t4", "n1", ["r4"])[0] == {} and ledger.held_by == {"r4": "t4"}
     assert ledger.task_worker_deaths() == 2
 
 
@@ -63,7 +63,7 @@ def test_a_task_attempt_lost_with_its_node_makes_no_suspects(monkeypatch):
     monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": False}])
     ledger = Ledger()
     ledger.take("t1", "n1", ["r1", "r2"])
-    assert ledger.take("t2", "n2", ["r1", "r2"]) == {}
+    assert ledger.take("t2", "n2", ["r1", "r2"])[0] == {}
     assert ledger.task_worker_deaths() == 0
 
 
@@ -104,6 +104,50 @@ def test_a_setup_death_survives_the_trip_to_the_driver():
     error = pickle.loads(pickle.dumps(quarantine.SetupDied("judge", 3)))
     assert str(error) == str(quarantine.SetupDied("judge", 3))
     assert "judge stage died 3 times in a row while setting up" in str(error)
+    task_error = pickle.loads(pickle.dumps(quarantine.SetupDied("decode", 3, task=True)))
+    assert task_error.task and "decode stage died 3 times in a row on one node while setting up" in str(task_error)
+
+
+def test_a_task_attempt_that_died_setting_up_blames_none_of_its_rows(monkeypatch):
+    monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": True}])
+    ledger = Ledger()
+    assert ledger.take("t1", "n1", ["r1", "r2"], setting_up=True, stage="decode") == ({}, None)
+    assert ledger.take("t2", "n1", ["r1", "r2"], setting_up=True, stage="decode") == ({}, None)  # t1 died
+    ledger.task_set_up("t2", keep_held=True)
+    assert ledger.held_by == {"r1": "t2", "r2": "t2"}, "a batch without suspects stays held while it is worked on"
+    assert ledger.task_worker_deaths() == 1 and ledger.attempt_crashes == {}
+
+
+def test_task_setup_deaths_in_a_row_on_a_node_fail_the_run_and_a_setup_between_resets_them(monkeypatch):
+    monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": True}])
+    ledger = Ledger()
+    ledger.take("t1", "n1", ["r1"], setting_up=True, stage="decode")
+    ledger.take("t2", "n1", ["r1"], setting_up=True, stage="decode")  # t1 died setting up
+    ledger.take("t3", "n1", ["r1"], setting_up=True, stage="decode")  # t2 too
+    ledger.task_set_up("t3", keep_held=False)  # t3's process set up: the count starts again
+    ledger.take("t4", "n1", ["r2"], setting_up=True, stage="decode")
+    ledger.take("t5", "n1", ["r2"], setting_up=True, stage="decode")
+    ledger.take("t6", "n1", ["r2"], setting_up=True, stage="decode")
+    assert ledger.failed() is None, "two deaths in a row since the last setup"
+    _, failure = ledger.take("t7", "n1", ["r2"], setting_up=True, stage="decode")
+    assert isinstance(failure, quarantine.SetupDied) and failure.task and failure.deaths == 3
+    assert ledger.failed() is failure
+
+
+def test_a_task_attempt_that_died_with_its_node_while_setting_up_is_no_setup_death(monkeypatch):
+    monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": False}])
+    ledger = Ledger()
+    for attempt in ("t1", "t2", "t3", "t4"):
+        assert ledger.take(attempt, "n1", ["r1"], setting_up=True, stage="decode") == ({}, None)
+    assert ledger.failed() is None and ledger.task_worker_deaths() == 0
+
+
+def test_a_worker_that_set_up_and_then_died_on_a_row_blames_that_row(monkeypatch):
+    monkeypatch.setattr(quarantine.ray, "nodes", lambda: [{"NodeID": "n1", "Alive": True}])
+    ledger = Ledger()
+    ledger.take("t1", "n1", ["r1", "r2"], setting_up=True, stage="decode")
+    ledger.task_set_up("t1", keep_held=True)
+    assert ledger.take("t2", "n1", ["r1", "r2"])[0] == {"r1": 1, "r2": 1}
 
 
 class FakeLedgerMethod:
