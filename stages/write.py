@@ -35,7 +35,7 @@ from stages.rows import (
     outcome_of,
 )
 from stages.decode import decoded_columns
-from stages.storage.commit import commit_batch
+from stages.storage.commit import commit_batch, committed_manifest
 from stages.storage.features import with_media_features
 from stages.storage.files import filesystem_for, write_atomically
 
@@ -94,13 +94,17 @@ class WriteStage(Stage):
     def process(self, table: pa.Table) -> pa.Table:
         if not hasattr(self, "_fs"):
             self.setup()
+        ids = table.column("id").to_pylist()
+        # Named by its rows: a batch Ray runs again (lineage reconstruction after a node was lost,
+        # which can judge its rows again) finds its first commit and leaves it as it is: rewriting it
+        # could route a row differently and leave the first write's file of another outcome behind.
+        batch = hashlib.sha256("\x1f".join(ids).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        committed = committed_manifest(self._fs, self._root, batch)
+        if committed is not None:
+            return pa.table({"stats": [json.dumps(committed["stats"])]})
         errors, drops = column_or_nulls(table, ERROR_STAGE), column_or_nulls(table, DROP_REASON)
         outcome = [outcome_of(e, d) for e, d in zip(errors, drops)]
         visible = [c for c in table.column_names if c not in self.internal]
-        ids = table.column("id").to_pylist()
-        # Named by its rows: a batch Ray writes again (a task re-executed after its node was lost)
-        # replaces its own files and manifest instead of committing its rows a second time.
-        batch = hashlib.sha256("\x1f".join(ids).encode("utf-8", "surrogatepass")).hexdigest()[:32]
         parts: dict[str, pa.Table] = {}
         for name in OUTCOMES:
             indices = [i for i, o in enumerate(outcome) if o == name]

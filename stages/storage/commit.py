@@ -25,6 +25,15 @@ def commit_batch(
     write_atomically(filesystem, f"{root}/{MANIFESTS}/{batch}.json", json.dumps(manifest).encode())
 
 
+def committed_manifest(filesystem: pafs.FileSystem, root: str, batch: str) -> dict[str, Any] | None:
+    """`batch`'s manifest if it is committed, else None."""
+    path = f"{root}/{MANIFESTS}/{batch}.json"
+    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with filesystem.open_input_stream(path) as source:
+        return json.loads(source.read())
+
+
 def read_manifests(filesystem: pafs.FileSystem, root: str) -> list[dict[str, Any]]:
     return list(iter_manifests(filesystem, root))
 

@@ -55,12 +55,18 @@ def test_every_row_lands_in_exactly_one_outcome(written):
     assert stats["error_reasons"] == {"image_undecodable": 1} and stats["drop_reasons"] == {"tie": 1}
 
 
-def test_a_batch_written_again_replaces_itself_instead_of_committing_its_rows_twice(written):
-    # Ray re-executes a write task whose node was lost after it wrote: the same rows make the same batch.
-    root, _ = written
-    WriteStage(str(root), judging_format("pairwise")).process(as_table(judged_rows()))
-    assert len(list((root / "_manifests").glob("*.json"))) == 1
-    assert [r["id"] for r in read(root, "kept")] == ["k"] and len(read(root, "judgments")) == 4
+def test_a_batch_written_again_keeps_its_first_commit_and_leaves_no_row_in_two_outcomes(written):
+    # Ray runs a write task again when its node was lost after it wrote (lineage reconstruction), and
+    # its rows may have been judged again on the way: the same rows make the same batch.
+    root, first_stats = written
+    manifest = next((root / "_manifests").glob("*.json"))
+    first = manifest.stat().st_mtime_ns
+    rejudged = judged_rows()
+    rejudged[0].update(drop_reason="low_margin", chosen=None, rejected=None)  # kept the first time, dropped now
+    stats = json.loads(WriteStage(str(root), judging_format("pairwise")).process(as_table(rejudged)).column("stats")[0].as_py())
+    assert stats == first_stats and manifest.stat().st_mtime_ns == first
+    assert [r["id"] for r in read(root, "kept")] == ["k"] and [r["id"] for r in read(root, "dropped")] == ["d"]
+    assert len(list((root / "_manifests").glob("*.json"))) == 1 and len(read(root, "judgments")) == 4
     WriteStage(str(root), judging_format("pairwise")).process(as_table(judged_rows()[:2]))
     assert len(list((root / "_manifests").glob("*.json"))) == 2  # other rows: another batch
 
