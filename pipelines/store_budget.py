@@ -8,8 +8,9 @@ run held 1.1 GiB there against 0.35 GiB for 6,400 rows, and its summed memory wa
 replicas' working set is what the store must hold for them to stay fed: replicas x batches in
 flight x batch size decoded rows. A decoded row's size depends on the data (the media bounds cap
 it at megabytes; typical rows are far smaller), so it is measured before the run on a few rows of
-shards spread over the input, decoded by the run's own stages in a Ray worker, as the decode tasks
-decode: a file that kills its decoder takes that worker down, not the driver. (bench/README.md,
+shards spread over the input, read and decoded by the run's own stages in a Ray worker, as the
+decode tasks decode: a file that kills its decoder takes that worker down, not the driver, and a
+sample of large inline media never lands in the driver's memory. (bench/README.md,
 "Ray Data's object-store budget".)
 """
 from __future__ import annotations
@@ -106,8 +107,14 @@ def decoded_bytes_per_row(sample: pa.Table, normalize: NormalizeStage, decode: D
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _decoded_in_a_worker(sample: pa.Table, normalize: NormalizeStage, decode: DecodeStage) -> float:
-    return decoded_bytes_per_row(sample, normalize, decode)
+def _sampled_in_a_worker(
+    paths: list[str], filesystem: Any, schema: pa.Schema | None, row_hash: bool,
+    normalize: NormalizeStage, decode: DecodeStage,
+) -> tuple[float, int]:
+    """`decoded_bytes_per_row` of `sample_rows`, and how many rows were sampled. Read and decoded in
+    a worker: a file that kills a decoder, or a sample of large inline media, never reaches the driver."""
+    sample = sample_rows(paths, filesystem, schema, row_hash)
+    return (decoded_bytes_per_row(sample, normalize, decode) if sample.num_rows else 0.0), sample.num_rows
 
 
 def store_budget(
@@ -130,15 +137,15 @@ def store_budget(
     judge = next(s for s in stages if isinstance(s, JudgeStage))
     held = judge_held_rows(judge)
     try:
-        sample = sample_rows(paths, filesystem, schema, row_hash)
-        per_row = ray.get(_decoded_in_a_worker.remote(sample, normalize, decode)) if sample.num_rows else 0.0
+        per_row, sampled = ray.get(_sampled_in_a_worker.remote(paths, filesystem, schema, row_hash, normalize, decode))
     except Exception as exc:  # noqa: BLE001 - a sizing aid: the run goes on under Ray Data's budget
-        log.warning("object-store budget: could not sample the shards (%s); Ray Data's default applies", exc)
+        reason = getattr(exc, "cause", None) or exc  # a task's own error, not Ray's traceback around it
+        log.warning("object-store budget: could not sample the shards (%s); Ray Data's default applies", reason)
         return StoreBudget(None, "ray", judge_held_rows=held)
     if not per_row:
-        return StoreBudget(None, "ray", judge_held_rows=held, sampled_rows=sample.num_rows)
+        return StoreBudget(None, "ray", judge_held_rows=held, sampled_rows=sampled)
     return StoreBudget(derived_budget(held, per_row), "derived", judge_held_rows=held,
-                       decoded_bytes_per_row=round(per_row, 1), sampled_rows=sample.num_rows)
+                       decoded_bytes_per_row=round(per_row, 1), sampled_rows=sampled)
 
 
 def apply_budget(dataset: Any, budget: StoreBudget) -> None:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import pipelines.store_budget as store_budget_module
 from jobs.demo import write_demo_shards
 from pipelines.config import load_config
 from pipelines.curate import build_stages
@@ -94,3 +95,15 @@ def test_the_sample_reaches_the_last_shards_of_an_input_sorted_by_media_size(tmp
     budget = budget_for(config(tmp_path, "media.image_max_pixels=1000000"))
     assert budget.sampled_rows == 4 * 4
     assert budget.decoded_bytes_per_row > 800 * 800 * 3 / 4  # one sampled shard in four is large
+
+
+def test_the_sample_is_read_in_a_worker_not_in_the_driver(tmp_path, monkeypatch):
+    # Sampled rows can carry large inline media (videos as bytes): reading them is the worker's job.
+    def read_in_the_driver(*args, **kwargs):
+        raise AssertionError("the driver read the sample")
+
+    monkeypatch.setattr(store_budget_module, "sample_rows", read_in_the_driver)  # this process's copy only
+    (tmp_path / "input").mkdir()
+    image_shard(tmp_path / "input" / "part-0.parquet", 12, 64)
+    budget = budget_for(config(tmp_path))
+    assert budget.source == "derived" and budget.sampled_rows == SAMPLE_ROWS_PER_SHARD
