@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig
 from pipelines.shards import ShardSet
-from stages.base import Settlement, with_columns
+from stages.base import Settlement
 from stages.normalize import NormalizeStage, given_ids
 from stages.rows import RowError
 from stages.write import WriteStage
@@ -37,10 +37,7 @@ def settle_duplicates(cfg: RunConfig, shards: ShardSet, duplicates: dict[str, in
     for path in shards.paths:
         table = pq.read_table(path, filesystem=shards.filesystem, schema=schema)
         if shards.directories is not None:
-            # As the distributed read adds them; a key another shard holds is already in the read schema.
-            directory = shards.directories.values(path)
-            table = with_columns(table, {key: [value] * table.num_rows for key, value in directory.items()},
-                                 dict.fromkeys(directory, pa.string()))
+            table = shards.directories.added_to(table, path)
         if id_column not in table.column_names:
             continue
         rows = table.filter(pc.fill_null(pc.is_in(given_ids(table.column(id_column)), value_set=wanted), False))

@@ -17,15 +17,15 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import RunConfig
+from pipelines.config import InputConfig, RunConfig
 from pipelines.finished_run import FinishedRun, judgments_by_id
 from pipelines.labels import LabelsConfig
 from pipelines.shard_ids import row_hashes
-from pipelines.shards import expand
+from pipelines.shards import directory_columns, expand_under
 from stages.formats.base import JudgingFormat
 from stages.formats.evaluation import LabelledRow
 from stages.formats.verdicts import Verdict
-from stages.normalize import ROW_HASH, ColumnsConfig, NormalizeStage
+from stages.normalize import ROW_HASH, NormalizeStage
 from stages.rows import ERROR_REASON, OUTCOMES
 from stages.storage.files import filesystem_for, write_atomically
 from stages.write import JUDGMENTS
@@ -52,9 +52,11 @@ class LabelError(ValueError):
 
 
 def read_labels(
-    paths: list[str], labels: LabelsConfig, columns: ColumnsConfig, fmt: JudgingFormat
+    paths: list[str], labels: LabelsConfig, columns: InputConfig, fmt: JudgingFormat
 ) -> LabelSet:
-    """Every label row's id (as the run computed it), label in the format's terms, and group."""
+    """Every label row's id (as the run computed it), label in the format's terms, and group. Label
+    shards in key=value directories get those columns as the run's input does (`input.directory_columns`),
+    so a partition directory can be the group."""
     column, group_column = labels.resolved(columns.preset)
     normalize = NormalizeStage(fmt, columns, row_hash=True)
     by_id: dict[str, Label] = {}
@@ -62,12 +64,19 @@ def read_labels(
     rows = duplicates = 0
     if not paths:
         raise LabelError("labels.paths: no label shards (pass --labels, or run on labelled input shards)")
-    for uri in paths:
-        filesystem, files = expand(uri)
+    listed = [expand_under(uri) for uri in paths]
+    for uri, (_, _, files) in zip(paths, listed):
         if not files:
             raise LabelError(f"labels.paths: {uri} matched no Parquet files")
+    directories = None
+    if columns.directory_columns:
+        schemas = {path: pq.read_schema(path, filesystem=filesystem) for filesystem, _, files in listed for path in files}
+        directories = directory_columns(listed[0][0], [base for _, base, _ in listed], schemas)
+    for filesystem, _, files in listed:
         for path in files:
             table = pq.read_table(path, filesystem=filesystem)
+            if directories is not None:
+                table = directories.added_to(table, path)
             for field, name in (("labels.column", column), ("labels.group_column", group_column)):
                 if name is not None and name not in table.column_names:
                     raise LabelError(f"{field}: shard {path} has no column {name!r} (have {table.column_names})")

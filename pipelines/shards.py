@@ -27,6 +27,7 @@ from pyarrow import fs as pafs
 from ray.data.datasource.partitioning import Partitioning, PathPartitionParser
 
 from pipelines.config import InputConfig
+from stages.base import with_columns
 from stages.formats.base import JudgingFormat
 from stages.storage.files import filesystem_for
 
@@ -119,6 +120,13 @@ class DirectoryColumns:
     def values(self, path: str) -> dict[str, str | None]:
         parsed = PathPartitionParser(self.partitioning)(path)
         return {key: None if value == HIVE_NULL else value for key, value in parsed.items()}
+
+    def added_to(self, table: pa.Table, path: str) -> pa.Table:
+        """`table`, read from `path` on the driver, with its directories' columns as the distributed read
+        adds them (a key another shard holds may already be a column: it is set)."""
+        directory = self.values(path)
+        return with_columns(table, {key: [value] * table.num_rows for key, value in directory.items()},
+                            dict.fromkeys(directory, pa.string()))
 
     def restore_nulls(self, table: pa.Table) -> pa.Table:
         """Ray Data reads a null key's directory as its name; Spark and pyarrow read it as null."""

@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -125,17 +126,23 @@ def test_the_run_report_carries_the_same_position_bias_rates(evaluated):
     assert report["first_position_win_rate"] == pytest.approx(scores["first_position_win_rate"])
 
 
+def assert_rescored_alike(evaluated: Path, labels: Path, out: Path) -> dict:
+    """`evaluate --from` the fixture's run against `labels`: eval.json as the run's own (but for where
+    the labels came from), returned."""
+    code = main(["evaluate", "--from", str(evaluated / "run"), "--labels", str(labels), "--output", str(out)])
+    assert code == ExitCode.OK
+    first = json.loads((evaluated / "run" / "eval.json").read_text())
+    again = json.loads((out / "eval.json").read_text())
+    assert {k: v for k, v in again.items() if k != "labels"} == {k: v for k, v in first.items() if k != "labels"}
+    return again
+
+
 def test_scoring_a_finished_run_needs_no_engine_and_agrees(evaluated, monkeypatch):
     import stages.engines.factory as factory
 
     monkeypatch.setattr(factory.EngineFactory, "__call__", lambda self: pytest.fail("evaluate --from built an engine"))
     out = evaluated / "rescored"
-    code = main(["evaluate", "--from", str(evaluated / "run"), "--labels", str(evaluated / "labelled"),
-                 "--output", str(out)])
-    assert code == ExitCode.OK
-    first = json.loads((evaluated / "run" / "eval.json").read_text())
-    again = json.loads((out / "eval.json").read_text())
-    assert {k: v for k, v in again.items() if k != "labels"} == {k: v for k, v in first.items() if k != "labels"}
+    assert_rescored_alike(evaluated, evaluated / "labelled", out)
     markdown = (out / "eval.md").read_text()
     assert "| accuracy |" in markdown and "## thresholds" in markdown and "## by_group" in markdown
 
@@ -145,3 +152,14 @@ def test_labels_without_the_label_column_are_refused(evaluated, tmp_path, capsys
     code = main(["evaluate", "--from", str(evaluated / "run"), "--labels", str(tmp_path / "wrong.parquet"),
                  "--output", str(tmp_path / "out")])
     assert code == ExitCode.REJECTED and "labels.column" in capsys.readouterr().err
+
+
+def test_labels_partitioned_by_their_group_score_as_labels_holding_it(evaluated, tmp_path):
+    # Spark's partitionBy("query_source") layout: the group is a key=value directory, not a column.
+    table = pq.read_table(evaluated / "labelled" / "test.parquet")
+    for source in SOURCES:
+        part = table.filter(pc.equal(table.column("query_source"), source)).drop_columns(["query_source"])
+        (tmp_path / "labels" / f"query_source={source}").mkdir(parents=True)
+        pq.write_table(part, tmp_path / "labels" / f"query_source={source}" / "part-0.parquet")
+    again = assert_rescored_alike(evaluated, tmp_path / "labels", tmp_path / "out")
+    assert set(again["by_group"]) == set(SOURCES)
