@@ -185,12 +185,12 @@ class CrashLedger:
             earlier_node, rows = self.attempts.pop(earlier)
             for row in rows:
                 del self.held_by[row]
+            died_setting_up = earlier in self.attempts_setting_up
+            self.attempts_setting_up.discard(earlier)
             if self._node_dead(earlier_node):
-                self.attempts_setting_up.discard(earlier)
                 continue
             self.attempt_deaths += 1
-            if earlier in self.attempts_setting_up:  # before its first row: no row to blame
-                self.attempts_setting_up.discard(earlier)
+            if died_setting_up:  # before its first row: no row to blame
                 self.task_setup_deaths[earlier_node] += 1
                 if self.task_setup_deaths[earlier_node] >= SETUP_DEATHS_LIMIT:
                     self.fail(SetupDied(stage, self.task_setup_deaths[earlier_node], task=True))

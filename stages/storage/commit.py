@@ -30,8 +30,7 @@ def committed_manifest(filesystem: pafs.FileSystem, root: str, batch: str) -> di
     path = f"{root}/{MANIFESTS}/{batch}.json"
     if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
         return None
-    with filesystem.open_input_stream(path) as source:
-        return json.loads(source.read())
+    return _read_manifest(filesystem, path)
 
 
 def read_manifests(filesystem: pafs.FileSystem, root: str) -> list[dict[str, Any]]:
@@ -43,8 +42,12 @@ def iter_manifests(filesystem: pafs.FileSystem, root: str) -> Iterator[dict[str,
     selector = pafs.FileSelector(f"{root}/{MANIFESTS}", allow_not_found=True)
     for info in filesystem.get_file_info(selector):
         if info.is_file and info.base_name.endswith(".json") and not info.base_name.startswith("."):
-            with filesystem.open_input_stream(info.path) as source:
-                yield json.loads(source.read())
+            yield _read_manifest(filesystem, info.path)
+
+
+def _read_manifest(filesystem: pafs.FileSystem, path: str) -> dict[str, Any]:
+    with filesystem.open_input_stream(path) as source:
+        return json.loads(source.read())
 
 
 def remove_uncommitted(filesystem: pafs.FileSystem, root: str, manifests: list[dict[str, Any]]) -> list[str]:
